@@ -1,0 +1,69 @@
+// Checkpoints in, checkpoints out. Every format meets the model in one place:
+// a reader yields a Checkpoint (config + tensors with HF names and HF's
+// rotate_half q/k layout), and the model is built from that alone.
+//
+//   HF directory (config.json + model.safetensors | sharded index) ─┐
+//   llama2.c .bin (v0 / v1, Meta RoPE layout: q/k permuted) ─────────┼─▶ Checkpoint ─▶ LlamaModel
+//   GGUF v2/v3 (F32/F16/BF16, Meta RoPE layout: q/k permuted) ───────┘
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "flashback/config.hpp"
+#include "flashback/llama.hpp"
+#include "flashback/tokenizer.hpp"
+
+namespace flashback {
+
+struct Checkpoint {
+  std::string path;
+  std::string format;  // "hf", "llama2c", "gguf"
+  LlamaConfig config;
+  std::map<std::string, at::Tensor> tensors;  // HF names, CPU, the file's dtype (may alias the mapped file)
+  std::optional<SentencePieceModel> vocab;    // a vocabulary embedded in the file (GGUF)
+};
+
+// Detects the format from the path (directory, or the file's magic bytes).
+// Everything is validated; problems throw FormatError naming the file.
+Checkpoint read_checkpoint(const std::string& path);
+
+struct LoadOptions {
+  std::optional<at::ScalarType> dtype;  // unset: the checkpoint's, float16 -> float32 where unsupported
+  at::Device device = at::kCPU;
+};
+
+// The compute dtype `options` resolves to for a checkpoint of `config`.
+at::ScalarType resolve_dtype(const LlamaConfig& config, const LoadOptions& options);
+
+// Builds the model and copies every weight in, strictly: a missing tensor, a
+// shape that disagrees with the config, or an unexpected tensor is an error.
+LlamaModel load_model(const Checkpoint& checkpoint, const LoadOptions& options = {});
+LlamaModel load_model(const std::string& path, const LoadOptions& options = {});
+void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+
+// The model's weights by HF name (the parameters themselves, not copies).
+std::map<std::string, at::Tensor> model_tensors(LlamaModelImpl& model);
+
+// All tensors of one safetensors file (CPU, the file's dtypes; they may alias
+// the mapped file), and the atomic writer for such a map.
+std::map<std::string, at::Tensor> load_safetensors(const std::string& path);
+void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+                      const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// Writes an HF-layout model directory: config.json, generation_config.json,
+// model.safetensors and, when a tokenizer is given, tokenizer.model and
+// tokenizer_config.json. Each file is written atomically.
+void save_hf_directory(const std::string& dir, const LlamaConfig& config,
+                       const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer);
+
+// The tokenizer that goes with a model: `tokenizer_path` when given, else a
+// tokenizer.model in the model directory, the vocabulary embedded in a GGUF
+// file, or a tokenizer.model / tok<V>.model / tokenizer.bin / tok<V>.bin next
+// to the model file. Checked against the model's vocabulary size.
+Tokenizer load_tokenizer(const Checkpoint& checkpoint, const std::string& tokenizer_path = "");
+
+}  // namespace flashback

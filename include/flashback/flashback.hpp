@@ -1,0 +1,12 @@
+// The one header applications include.
+#pragma once
+
+#include "flashback/checkpoint.hpp"
+#include "flashback/config.hpp"
+#include "flashback/error.hpp"
+#include "flashback/generate.hpp"
+#include "flashback/kv_cache.hpp"
+#include "flashback/llama.hpp"
+#include "flashback/runtime.hpp"
+#include "flashback/sampling.hpp"
+#include "flashback/tokenizer.hpp"

@@ -1,0 +1,161 @@
+// A Llama-2 decoder in the LibTorch module idiom (FooImpl + TORCH_MODULE).
+//
+//   tokens [B, T] ─ embed_tokens ─▶ x [B, T, C]
+//   for each layer:  x += Attention(RMSNorm(x), positions, cache)
+//                    x += MLP(RMSNorm(x))               (SwiGLU)
+//   RMSNorm ─ lm_head (or the tied embedding) ─▶ logits [B, T, V]
+//
+// Parameter names follow Hugging Face's LlamaForCausalLM exactly
+// ("model.layers.3.self_attn.q_proj.weight", ...), and q/k use HF's
+// rotate_half RoPE layout. The module holds weights only: all per-sequence
+// state lives in a KVCacheStore passed to forward(), so one model serves many
+// sequences, concurrently from several threads (each with its own cache).
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <vector>
+
+#include "flashback/config.hpp"
+#include "flashback/kv_cache.hpp"
+#include "flashback/linear.hpp"
+
+namespace flashback {
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
+  // x: [..., C] -> [..., C]; the statistics are computed in fp32.
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;  // [C]
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary position embedding tables for positions [0, max_position): the
+// model's only non-weight state, and it is constant.
+struct RotaryTables {
+  at::Tensor cos;  // [P, D] fp32, halves duplicated (HF rotate_half layout)
+  at::Tensor sin;  // [P, D]
+};
+RotaryTables make_rotary_tables(const LlamaConfig& config, const at::Device& device);
+
+// q, k: [B, H, T, D]; cos, sin: [T, D] or [B, T, D] (already gathered at the
+// positions). Returns the rotated tensors in the input dtype.
+std::pair<at::Tensor, at::Tensor> apply_rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                               const at::Tensor& sin);
+
+// Scaled dot-product attention with grouped KV heads, causal over slots.
+// q: [B, H, T, D] holds the queries for slots [start, start + T);
+// k, v: [B, Hkv, S, D] hold slots [0, S) with S = start + T.
+// Returns [B, H, T, D]. Query slot i sees key slots j <= i.
+at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const LlamaConfig& config, const at::TensorOptions& options);
+  // x: [B, T, C]; cos/sin gathered at the positions; cache may be null.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+                     int64_t layer);
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  int64_t num_heads, num_kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(const LlamaConfig& config, const at::TensorOptions& options);
+  // x: [B, T, C] -> down(silu(gate(x)) * up(x)): [B, T, C]
+  at::Tensor forward(const at::Tensor& x);
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const LlamaConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+                     int64_t layer);
+  RMSNorm input_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  RMSNorm post_attention_layernorm{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// HF's LlamaModel: embeddings, the layer stack and the final norm.
+class LlamaDecoderImpl : public torch::nn::Module {
+ public:
+  LlamaDecoderImpl(const LlamaConfig& config, const at::TensorOptions& options);
+  at::Tensor embed_tokens_weight;  // [V, C], registered as "embed_tokens.weight"
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<DecoderLayer> layer_list;  // typed views of `layers`
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(LlamaDecoder);
+
+// Whether the model can compute in `dtype` on `device` (float16 needs a
+// LibTorch with fp16 matmul there: not LibTorch 1.13 on CPU).
+bool supports_dtype(at::ScalarType dtype, const at::Device& device);
+
+struct LlamaModelOptions {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+};
+
+// HF's LlamaForCausalLM: "model" (the decoder) and "lm_head" (absent when the
+// head is tied to the embedding).
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  // Parameters are allocated uninitialised; load weights (checkpoint.hpp) or
+  // call init_random().
+  explicit LlamaModelImpl(LlamaConfig config, LlamaModelOptions options = {});
+
+  // Logits for every input position: [B, T, V] fp32.
+  //   tokens:    [B, T] int64 ids in [0, V)
+  //   positions: [T] or [B, T] int64 RoPE positions in [0, max_position);
+  //              undefined = cache.size() + [0, T) (or [0, T) without a cache)
+  //   cache:     T new slots are appended to it
+  // Works under autograd (training) and in inference mode.
+  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& positions, KVCacheStore& cache);
+  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& positions = {});
+
+  // The final-normed hidden states [B, T, C] (cache may be null), and the
+  // head applied to them: hidden [..., C] -> logits [..., V] fp32. Splitting
+  // the two lets callers score only the positions they need.
+  at::Tensor hidden_states(const at::Tensor& tokens, const at::Tensor& positions, KVCacheStore* cache);
+  at::Tensor logits(const at::Tensor& hidden);
+
+  // A cache for this model: [B, Hkv, capacity, D] per layer, in the model's
+  // dtype and device. capacity 0 = max_position_embeddings.
+  KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0) const;
+
+  // Fills every parameter like HF's _init_weights (normal(0, 0.02), norms 1).
+  void init_random(uint64_t seed);
+
+  const LlamaConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return options_.dtype; }
+  at::Device device() const { return options_.device; }
+  // The output projection [V, C]: lm_head.weight, or the embedding when tied.
+  at::Tensor output_weight() const;
+
+  // Module::to, keeping the rotary tables (fp32) and dtype()/device() in step.
+  void to(at::Device device, at::ScalarType dtype, bool non_blocking = false) override;
+  void to(at::ScalarType dtype, bool non_blocking = false) override;
+  void to(at::Device device, bool non_blocking = false) override;
+
+  LlamaDecoder model{nullptr};
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
+
+ private:
+  void check_inputs(const at::Tensor& tokens, const at::Tensor& positions, const KVCacheStore* cache) const;
+
+  LlamaConfig config_;
+  LlamaModelOptions options_;
+  RotaryTables rope_;
+};
+TORCH_MODULE(LlamaModel);
+
+}  // namespace flashback

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages (if missing), configures and builds.
+# Usage: scripts/build.sh [--sanitize] [cmake --build args...]
+#   build dir: build/ (or build-asan/ with --sanitize); FLASHBACK_BUILD_DIR overrides.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+sanitize=OFF
+if [ "${1:-}" = "--sanitize" ]; then sanitize=ON; shift; fi
+"$root/scripts/setup.sh"
+build=${FLASHBACK_BUILD_DIR:-$root/build}
+[ "$sanitize" = ON ] && build=${FLASHBACK_BUILD_DIR:-$root/build-asan}
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DFLASHBACK_SANITIZE=$sanitize -DFLASHBACK_SHARED_DIR="${FLASHBACK_SHARED:-$root/../shared}" >/dev/null
+fi
+cmake --build "$build" -j"$(nproc)" "$@"

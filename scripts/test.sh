@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, builds, runs every test.
+# Usage: scripts/test.sh [--sanitize]   (ASan + UBSan build in build-asan/)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/build.sh" "$@"
+build=${FLASHBACK_BUILD_DIR:-$root/build}
+if [ "${1:-}" = "--sanitize" ]; then
+  build=${FLASHBACK_BUILD_DIR:-$root/build-asan}
+  # LibTorch is not instrumented: its own allocations are not ours to report.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+cd "$build"
+ctest --output-on-failure -j"$(nproc)" --timeout 900

@@ -1,0 +1,362 @@
+// Format readers -> Checkpoint (HF names, HF layout) -> LlamaModel.
+#include "flashback/checkpoint.hpp"
+
+#include <sys/stat.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "flashback/error.hpp"
+#include "flashback/formats/gguf.hpp"
+#include "flashback/formats/llama2c.hpp"
+#include "flashback/formats/mapped_file.hpp"
+#include "flashback/formats/safetensors.hpp"
+
+namespace flashback {
+
+namespace {
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool is_file(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+std::string parent_dir(const std::string& p) {
+  auto s = p.find_last_of('/');
+  return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
+}
+
+at::ScalarType to_scalar_type(DType t) {
+  switch (t) {
+    case DType::F64: return at::kDouble;
+    case DType::F32: return at::kFloat;
+    case DType::F16: return at::kHalf;
+    case DType::BF16: return at::kBFloat16;
+    case DType::I64: return at::kLong;
+    case DType::I32: return at::kInt;
+    case DType::I16: return at::kShort;
+    case DType::I8: return at::kChar;
+    case DType::U8: return at::kByte;
+    case DType::Bool: return at::kBool;
+  }
+  return at::kFloat;
+}
+
+// A tensor over the file's bytes (kept alive by the deleter); copied when the
+// bytes are not aligned for the element type.
+at::Tensor to_tensor(const RawTensor& r) {
+  const auto st = to_scalar_type(r.dtype);
+  const size_t esize = dtype_size(r.dtype);
+  auto opts = at::TensorOptions().dtype(st);
+  if (r.nbytes == 0) return at::empty(r.shape, opts);
+  if (reinterpret_cast<uintptr_t>(r.data) % esize != 0) {
+    at::Tensor t = at::empty(r.shape, opts);
+    std::memcpy(t.data_ptr(), r.data, r.nbytes);
+    return t;
+  }
+  std::shared_ptr<const void> owner = r.owner;
+  return at::from_blob(const_cast<uint8_t*>(r.data), r.shape, [owner](void*) mutable { owner.reset(); }, opts);
+}
+
+// Meta/llama2.c/GGUF RoPE rotates adjacent pairs (0,1),(2,3)...; HF's
+// rotate_half rotates (i, i + D/2). Reorder each head's rows so that the
+// pair (2i, 2i+1) lands at (i, i + D/2).   w: [heads * D, C]
+at::Tensor meta_to_hf_rope(const at::Tensor& w, int64_t heads) {
+  const int64_t rows = w.size(0), cols = w.size(1), D = rows / heads;
+  return w.view({heads, D / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+void permute_qk(Checkpoint& ck) {
+  const auto& c = ck.config;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+    for (auto [name, heads] : {std::pair<const char*, int64_t>{"q_proj.weight", c.num_attention_heads},
+                               std::pair<const char*, int64_t>{"k_proj.weight", c.num_key_value_heads}}) {
+      auto it = ck.tensors.find(p + name);
+      if (it == ck.tensors.end()) continue;  // reported as missing when the model loads
+      if (it->second.dim() != 2 || it->second.size(0) != heads * c.head_dim)
+        throw FormatError(ck.path, "tensor '" + p + name + "' has shape " + shape_str(it->second.sizes().vec()) +
+                                       " but the header needs " + std::to_string(heads * c.head_dim) + " rows");
+      it->second = meta_to_hf_rope(it->second, heads);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- HF directory
+void read_hf_weights(Checkpoint& ck, const std::string& dir) {
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  std::vector<std::string> files;
+  std::map<std::string, std::string> weight_map;
+  if (is_file(index)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(index));
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(index, std::string("not valid JSON: ") + e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw FormatError(index, "missing 'weight_map' object");
+    std::set<std::string> seen;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string()) throw FormatError(index, "weight_map value for '" + it.key() + "' is not a string");
+      std::string f = it->get<std::string>();
+      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
+        throw FormatError(index, "weight_map names an invalid shard file '" + f + "'");
+      weight_map[it.key()] = f;
+      if (seen.insert(f).second) files.push_back(f);
+    }
+  } else if (is_file(single)) {
+    files.push_back("model.safetensors");
+  } else if (is_file(dir + "/pytorch_model.bin") || is_file(dir + "/pytorch_model.bin.index.json")) {
+    throw FormatError(dir, "only safetensors weights are supported (found pytorch_model.bin: convert it to safetensors)");
+  } else {
+    throw FormatError(dir, "no model.safetensors or model.safetensors.index.json");
+  }
+  for (const auto& f : files) {
+    const std::string path = dir + "/" + f;
+    SafetensorsFile st = read_safetensors(path);
+    for (const auto& r : st.tensors) {
+      if (!weight_map.empty()) {
+        auto w = weight_map.find(r.name);
+        if (w == weight_map.end() || w->second != f)
+          throw FormatError(path, "tensor '" + r.name + "' is not mapped to this shard by " + index);
+      }
+      if (!ck.tensors.emplace(r.name, to_tensor(r)).second)
+        throw FormatError(path, "tensor '" + r.name + "' appears in more than one file");
+    }
+  }
+  for (const auto& [name, f] : weight_map)
+    if (!ck.tensors.count(name)) throw FormatError(dir + "/" + f, "tensor '" + name + "' listed in the index is missing");
+}
+
+Checkpoint read_hf_dir(const std::string& dir) {
+  Checkpoint ck;
+  ck.path = dir;
+  ck.format = "hf";
+  const std::string cfg = dir + "/config.json";
+  if (!is_file(cfg)) throw FormatError(dir, "not a model directory (no config.json)");
+  ck.config = LlamaConfig::from_file(cfg);
+  read_hf_weights(ck, dir);
+  return ck;
+}
+
+// ---------------------------------------------------------------- llama2.c
+Checkpoint read_llama2c_checkpoint(const std::string& path) {
+  Llama2cFile f = read_llama2c(path);
+  Checkpoint ck;
+  ck.path = path;
+  ck.format = "llama2c";
+  LlamaConfig& c = ck.config;
+  c.vocab_size = f.vocab_size;
+  c.hidden_size = f.dim;
+  c.intermediate_size = f.hidden_dim;
+  c.num_hidden_layers = f.n_layers;
+  c.num_attention_heads = f.n_heads;
+  c.num_key_value_heads = f.n_kv_heads;
+  c.head_dim = f.dim / f.n_heads;
+  c.max_position_embeddings = f.seq_len;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 10000.0;
+  c.tie_word_embeddings = f.shared_classifier;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  c.torch_dtype = "float32";
+  c.validate(path);
+  for (const auto& r : f.tensors) ck.tensors.emplace(r.name, to_tensor(r));
+  permute_qk(ck);
+  return ck;
+}
+
+// ---------------------------------------------------------------- GGUF
+std::string gguf_to_hf_name(const std::string& n, const std::string& path) {
+  static const std::map<std::string, std::string> global = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  static const std::map<std::string, std::string> per_layer = {
+      {"attn_norm.weight", "input_layernorm.weight"},   {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},     {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},       {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  if (auto it = global.find(n); it != global.end()) return it->second;
+  if (n.rfind("blk.", 0) == 0) {
+    size_t dot = n.find('.', 4);
+    if (dot != std::string::npos && dot > 4 && n.find_first_not_of("0123456789", 4) == dot) {
+      auto it = per_layer.find(n.substr(dot + 1));
+      if (it != per_layer.end()) return "model.layers." + n.substr(4, dot - 4) + "." + it->second;
+    }
+  }
+  throw FormatError(path, "unexpected tensor '" + n + "' (not part of a Llama model)");
+}
+
+SentencePieceModel gguf_vocab(const GgufFile& g) {
+  const GgufValue* tokens = g.find("tokenizer.ggml.tokens");
+  if (!tokens || tokens->type != GgufValue::Array || tokens->elem != GgufValue::String)
+    throw FormatError(g.path, "tokenizer.ggml.tokens is missing or not a string array");
+  const GgufValue* scores = g.find("tokenizer.ggml.scores");
+  const GgufValue* types = g.find("tokenizer.ggml.token_type");
+  const size_t n = tokens->items.size();
+  if (scores && (scores->type != GgufValue::Array || scores->items.size() != n || scores->elem != GgufValue::F32))
+    throw FormatError(g.path, "tokenizer.ggml.scores must be a float32 array as long as the token list");
+  if (types && (types->type != GgufValue::Array || types->items.size() != n || (!types->items.empty() && !types->items[0].is_integer())))
+    throw FormatError(g.path, "tokenizer.ggml.token_type must be an integer array as long as the token list");
+  SentencePieceModel m;
+  m.pieces.resize(n);
+  bool has_bytes = false;
+  for (size_t i = 0; i < n; ++i) {
+    auto& p = m.pieces[i];
+    p.piece = tokens->items[i].s;
+    p.score = scores ? static_cast<float>(scores->items[i].f) : 0.0f;
+    int64_t t = types ? types->items[i].i : 1;
+    if (t < 1 || t > 6) t = 1;  // 0 = undefined in llama.cpp: treat as normal
+    p.type = static_cast<PieceType>(t);
+    has_bytes |= p.type == PieceType::Byte;
+  }
+  auto id = [&](const char* key, int64_t fallback) {
+    int64_t v = g.get_int(key, fallback);
+    return (v < 0 || v >= static_cast<int64_t>(n)) ? -1 : static_cast<int32_t>(v);
+  };
+  m.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
+  m.bos_id = id("tokenizer.ggml.bos_token_id", 1);
+  m.eos_id = id("tokenizer.ggml.eos_token_id", 2);
+  m.pad_id = id("tokenizer.ggml.padding_token_id", -1);
+  m.byte_fallback = has_bytes;
+  const GgufValue* sp = g.find("tokenizer.ggml.add_space_prefix");
+  m.add_dummy_prefix = sp ? sp->i != 0 : true;
+  m.remove_extra_whitespaces = false;
+  return m;
+}
+
+Checkpoint read_gguf_checkpoint(const std::string& path) {
+  GgufFile g = read_gguf(path);
+  const std::string arch = g.get_string("general.architecture");
+  if (arch != "llama") throw FormatError(path, "architecture '" + arch + "' is not supported (only llama)");
+  Checkpoint ck;
+  ck.path = path;
+  ck.format = "gguf";
+  for (const auto& info : g.infos) {
+    std::string name = gguf_to_hf_name(info.name, path);
+    if (!ck.tensors.emplace(name, to_tensor(g.tensor(info))).second)
+      throw FormatError(path, "duplicate tensor '" + info.name + "'");
+  }
+  LlamaConfig& c = ck.config;
+  c.hidden_size = g.get_int("llama.embedding_length");
+  c.intermediate_size = g.get_int("llama.feed_forward_length");
+  c.num_hidden_layers = g.get_int("llama.block_count");
+  c.num_attention_heads = g.get_int("llama.attention.head_count");
+  c.num_key_value_heads = g.get_int("llama.attention.head_count_kv", c.num_attention_heads);
+  if (c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0)
+    throw FormatError(path, "llama.embedding_length is not a multiple of llama.attention.head_count");
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  if (g.get_int("llama.rope.dimension_count", c.head_dim) != c.head_dim)
+    throw FormatError(path, "partial rotary embeddings (llama.rope.dimension_count != head size) are not supported");
+  c.max_position_embeddings = g.get_int("llama.context_length", 2048);
+  c.rms_norm_eps = g.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  c.rope_theta = g.get_float("llama.rope.freq_base", 10000.0);
+  if (const GgufValue* s = g.find("llama.rope.scaling.type"); s && s->s != "none") {
+    if (s->s != "linear") throw FormatError(path, "rope scaling '" + s->s + "' is not supported (only linear)");
+    c.rope_type = "linear";
+    c.rope_factor = g.get_float("llama.rope.scaling.factor", 1.0);
+  }
+  auto emb = ck.tensors.find("model.embed_tokens.weight");
+  if (emb == ck.tensors.end()) throw FormatError(path, "missing tensor 'token_embd.weight'");
+  c.vocab_size = g.get_int("llama.vocab_size", emb->second.size(0));
+  c.tie_word_embeddings = !ck.tensors.count("lm_head.weight");
+  if (g.find("tokenizer.ggml.model") && g.get_string("tokenizer.ggml.model") == "llama") {
+    ck.vocab = gguf_vocab(g);
+    c.bos_token_id = ck.vocab->bos_id >= 0 ? ck.vocab->bos_id : 1;
+    c.eos_token_ids = {ck.vocab->eos_id >= 0 ? ck.vocab->eos_id : 2};
+  }
+  auto q = ck.tensors.find("model.layers.0.self_attn.q_proj.weight");
+  at::ScalarType wt = q != ck.tensors.end() ? q->second.scalar_type() : emb->second.scalar_type();
+  c.torch_dtype = wt == at::kHalf ? "float16" : wt == at::kBFloat16 ? "bfloat16" : "float32";
+  c.validate(path);
+  permute_qk(ck);
+  return ck;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public
+Checkpoint read_checkpoint(const std::string& path) {
+  if (is_dir(path)) return read_hf_dir(path);
+  if (!is_file(path)) throw FormatError(path, "no such file or directory");
+  char magic[4] = {};
+  {
+    auto f = MappedFile::open(path);
+    if (f->size() >= 4) std::memcpy(magic, f->data(), 4);
+  }
+  if (std::memcmp(magic, "GGUF", 4) == 0) return read_gguf_checkpoint(path);
+  if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
+    // A lone safetensors file: its config.json must sit beside it.
+    return read_hf_dir(parent_dir(path));
+  }
+  return read_llama2c_checkpoint(path);
+}
+
+at::ScalarType resolve_dtype(const LlamaConfig& config, const LoadOptions& options) {
+  if (options.dtype) return *options.dtype;
+  at::ScalarType t = config.torch_dtype == "bfloat16" ? at::kBFloat16
+                     : config.torch_dtype == "float16" ? at::kHalf
+                                                       : at::kFloat;
+  if (t == at::kHalf && !supports_dtype(t, options.device)) t = at::kFloat;
+  return t;
+}
+
+void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+  at::NoGradGuard no_grad;
+  auto params = model.named_parameters(/*recurse=*/true);
+  std::set<std::string> used;
+  for (auto& p : params) {
+    auto it = tensors.find(p.key());
+    if (it == tensors.end()) throw FormatError(source, "missing tensor '" + p.key() + "'");
+    const at::Tensor& src = it->second;
+    if (!src.is_floating_point())
+      throw FormatError(source, "tensor '" + p.key() + "' has non-floating dtype " + std::string(c10::toString(src.scalar_type())));
+    if (src.sizes() != p.value().sizes())
+      throw FormatError(source, "tensor '" + p.key() + "' has shape " + shape_str(src.sizes().vec()) +
+                                    " but the config needs " + shape_str(p.value().sizes().vec()));
+    p.value().copy_(src);
+    used.insert(p.key());
+  }
+  for (const auto& [name, t] : tensors) {
+    if (used.count(name)) continue;
+    if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
+    if (name == "lm_head.weight" && model.config().tie_word_embeddings) continue;  // tied: the embedding wins
+    throw FormatError(source, "unexpected tensor '" + name + "' (not part of a Llama model with this config)");
+  }
+}
+
+LlamaModel load_model(const Checkpoint& ck, const LoadOptions& options) {
+  LlamaModelOptions mo;
+  mo.dtype = resolve_dtype(ck.config, options);
+  mo.device = options.device;
+  LlamaModel model(ck.config, mo);
+  load_weights(*model, ck.tensors, ck.path);
+  return model;
+}
+
+LlamaModel load_model(const std::string& path, const LoadOptions& options) {
+  return load_model(read_checkpoint(path), options);
+}
+
+std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& r : read_safetensors(path).tensors) out.emplace(r.name, to_tensor(r));
+  return out;
+}
+
+std::map<std::string, at::Tensor> model_tensors(LlamaModelImpl& model) {
+  std::map<std::string, at::Tensor> out;
+  for (auto& p : model.named_parameters(true)) out.emplace(p.key(), p.value());
+  return out;
+}
+
+}  // namespace flashback

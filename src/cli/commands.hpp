@@ -1,0 +1,15 @@
+// One function per subcommand: each adds itself to the app and runs from its
+// CLI11 callback. Failures are thrown (flashback::Error and friends) and turned
+// into one line + exit status 1 by main().
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace flashback::cli {
+
+void add_tokenize(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_info(CLI::App& app);
+void add_convert(CLI::App& app);
+
+}  // namespace flashback::cli

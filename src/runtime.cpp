@@ -1,0 +1,30 @@
+#include "flashback/runtime.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+namespace flashback {
+
+namespace {
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  long n = std::strtol(v, &end, 10);
+  return (end && *end == '\0' && n > 0 && n < 4096) ? static_cast<int>(n) : 0;
+}
+}  // namespace
+
+int init_threads(int n) {
+  if (n <= 0) n = env_int("FLASHBACK_THREADS");
+  if (n <= 0) n = env_int("OMP_NUM_THREADS");
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+  if (at::get_num_threads() != n) at::set_num_threads(n);
+  return at::get_num_threads();
+}
+
+}  // namespace flashback

@@ -1,0 +1,47 @@
+// Helpers shared by the LibTorch tests.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "flashback/config.hpp"
+#include "shared_path.hpp"
+
+namespace flashback::test {
+
+inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+// A fresh empty directory under $TMPDIR, removed by the OS eventually.
+inline std::string temp_dir(const std::string& tag) {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/flashback-" + tag + "-XXXXXX";
+  char* p = ::mkdtemp(tmpl.data());
+  if (!p) throw std::runtime_error("mkdtemp failed");
+  return tmpl;
+}
+
+// A small random Llama config; GQA whenever kv_heads < heads.
+inline LlamaConfig tiny_config(int64_t hidden, int64_t layers, int64_t heads, int64_t kv_heads, int64_t vocab = 97,
+                               int64_t max_pos = 128, bool tied = false) {
+  LlamaConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = hidden;
+  c.intermediate_size = hidden * 2 + 6;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.max_position_embeddings = max_pos;
+  c.tie_word_embeddings = tied;
+  c.rope_theta = 10000.0;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
+}  // namespace flashback::test
