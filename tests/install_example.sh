@@ -12,7 +12,9 @@ command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$source_dir/examples/generate" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$work/prefix" "${launcher[@]}" >/dev/null
 cmake --build "$work/build" >/dev/null
-out=$("$work/build/generate" "$shared/models/stories260K/stories260K.bin" "Once upon a time" 13)
+out=$("$work/build/generate" "$shared/models/stories260K/stories260K.bin" "Once upon a time" 20)
 echo "$out"
-expected="Once upon a time, there was a little girl named Lily. She loved"
-[[ "$out" == "$expected"* ]] || { echo "unexpected output; wanted a prefix of: $expected" >&2; exit 1; }
+# Greedy from "Once upon a time" follows the golden greedy text from BOS.
+golden="Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day"
+[ ${#out} -ge 70 ] || { echo "output too short" >&2; exit 1; }
+[[ "$golden" == "$out"* ]] || { echo "output is not a prefix of the golden text: $golden" >&2; exit 1; }
