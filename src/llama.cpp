@@ -240,7 +240,7 @@ at::Tensor LlamaModelImpl::hidden_states(const at::Tensor& tokens, const at::Ten
 }
 
 at::Tensor LlamaModelImpl::logits(const at::Tensor& hidden) {
-  at::Tensor out = config_.tie_word_embeddings ? at::linear(hidden, model->embed_tokens_weight)
+  at::Tensor out = config_.tie_word_embeddings ? flashback::linear(hidden, model->embed_tokens_weight)
                                                : lm_head->forward(hidden);  // [..., V]
   return out.to(at::kFloat);
 }

@@ -167,3 +167,45 @@ TEST_CASE("HF config.json: both spellings of rope_theta and dtype", "[config]") 
   LlamaConfig again = LlamaConfig::from_json(v4.to_json(), "again");
   CHECK(again.to_json() == v4.to_json());
 }
+
+TEST_CASE("vocabularies embedded in GGUF files tokenize like the tokenizer.model files", "[tokenizer][gguf]") {
+  auto lines_of = [](const std::string& path) {
+    std::vector<std::string> out;
+    std::string text = read_file(path), line;
+    size_t i = 0;
+    while (i < text.size()) {
+      size_t nl = text.find('\n', i);
+      if (nl == std::string::npos) nl = text.size();
+      out.push_back(text.substr(i, nl - i));
+      i = nl + 1;
+    }
+    return out;
+  };
+  SECTION("Llama-2 vocabulary (llama-2-tiny-random.gguf), every WikiText-103 test line") {
+    Tokenizer gguf = load_tokenizer(read_checkpoint(shared("models/llama-2-tiny-random/llama-2-tiny-random.gguf")));
+    Tokenizer model = Tokenizer::from_file(shared("models/llama2-tokenizer/tokenizer.model"));
+    REQUIRE(gguf.vocab_size() == 32000);
+    for (int32_t id = 0; id < 32000; ++id) REQUIRE(gguf.id_to_piece(id) == model.id_to_piece(id));
+    size_t n = 0;
+    for (const auto& line : lines_of(shared("data/wikitext-103/wiki.test.raw"))) {
+      INFO(line);
+      REQUIRE(gguf.encode(line) == model.encode(line));
+      ++n;
+    }
+    CHECK(n > 4000);
+  }
+  SECTION("stories260K vocabulary: equal wherever tok512's whitespace cleanup has nothing to do") {
+    Tokenizer gguf = load_tokenizer(read_checkpoint(shared("models/stories260K/stories260K.gguf")));
+    Tokenizer model = Tokenizer::from_file(shared("models/stories260K/tok512.model"));
+    size_t n = 0;
+    for (const auto& line : lines_of(shared("data/tinystories/tinystories_val_prefix.txt"))) {
+      if (line.empty() || line.front() == ' ' || line.back() == ' ' || line.find("  ") != std::string::npos) continue;
+      INFO(line);
+      REQUIRE(gguf.encode(line) == model.encode(line));
+      ++n;
+    }
+    CHECK(n > 1000);
+    // GGUF does not record tok512's remove_extra_whitespaces: runs of spaces differ, as documented.
+    CHECK(gguf.encode("a  b") != model.encode("a  b"));
+  }
+}

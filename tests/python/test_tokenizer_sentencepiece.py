@@ -24,24 +24,14 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("FLASHBACK_SHARED") or REPO.parent / "shared")
+from fbtest import SHARED, find_cli as _find_cli
+
 TOK512 = SHARED / "models/stories260K/tok512.model"
 TOK512_BIN = SHARED / "models/stories260K/tok512.bin"
 LLAMA = SHARED / "models/llama2-tokenizer/tokenizer.model"
 LLAMA_BIN = SHARED / "models/llama2-tokenizer/tokenizer.bin"
 WIKI = SHARED / "data/wikitext-103/wiki.test.raw"
 STORIES = SHARED / "data/tinystories/tinystories_val_prefix.txt"
-
-
-def _find_cli():
-    env = os.environ.get("FLASHBACK_CLI")
-    if env:
-        return Path(env)
-    for candidate in (REPO / "build/flashback", REPO / "build-tok/flashback"):
-        if candidate.exists():
-            return candidate
-    pytest.fail("set FLASHBACK_CLI to the built flashback binary", pytrace=False)
 
 
 def run_cli(args, stdin: bytes) -> bytes:
