@@ -12,6 +12,7 @@
 #include "flashback/formats/llama2c.hpp"
 #include "flashback/formats/mapped_file.hpp"
 #include "flashback/formats/safetensors.hpp"
+#include "flashback/runtime.hpp"
 
 namespace flashback {
 
@@ -335,6 +336,7 @@ void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>
 }
 
 LlamaModel load_model(const Checkpoint& ck, const LoadOptions& options) {
+  ensure_default_threads();
   LlamaModelOptions mo;
   mo.dtype = resolve_dtype(ck.config, options);
   mo.device = options.device;

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -25,6 +26,13 @@ int init_threads(int n) {
   if (n <= 0) n = 1;
   if (at::get_num_threads() != n) at::set_num_threads(n);
   return at::get_num_threads();
+}
+
+void ensure_default_threads() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (at::get_num_threads() == 1) init_threads(0);
+  });
 }
 
 }  // namespace flashback

@@ -8,4 +8,9 @@ namespace flashback {
 // Returns the count in effect.
 int init_threads(int n = 0);
 
+// Once per process: init_threads() unless the application already chose a
+// thread count (anything but LibTorch's starting value of 1). load_model()
+// calls it, so a model loaded from C++ uses every core by default.
+void ensure_default_threads();
+
 }  // namespace flashback
