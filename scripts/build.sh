@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages (if missing), configures and builds.
-# Usage: scripts/build.sh [--sanitize] [cmake --build args...]
+# Usage: scripts/build.sh [--sanitize] [TARGET...]   (default: everything)
 #   build dir: build/ (or build-asan/ with --sanitize); FLASHBACK_BUILD_DIR overrides.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,4 +14,8 @@ if [ ! -f "$build/build.ninja" ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DFLASHBACK_SANITIZE=$sanitize -DFLASHBACK_SHARED_DIR="${FLASHBACK_SHARED:-$root/../shared}" >/dev/null
 fi
-cmake --build "$build" -j"$(nproc)" "$@"
+if [ $# -gt 0 ]; then
+  cmake --build "$build" -j"$(nproc)" --target "$@"
+else
+  cmake --build "$build" -j"$(nproc)"
+fi

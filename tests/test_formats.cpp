@@ -191,7 +191,7 @@ TEST_CASE("GGUF: truncation, lies and damage are errors", "[gguf][bad]") {
   }
 }
 
-TEST_CASE("llama2.c: stories260K parses; lies are errors", "[llama2c][bad]") {
+TEST_CASE("llama2.c: stories260K parses, and lies are errors", "[llama2c][bad]") {
   Llama2cFile f = read_llama2c(shared("models/stories260K/stories260K.bin"));
   CHECK(f.version == 0);
   CHECK(f.dim == 64);
