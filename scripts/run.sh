@@ -3,13 +3,7 @@
 # a prompt. Installs what it needs and builds the CLI first.
 # Usage: scripts/run.sh [extra flashback generate flags...]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-shared=${FLASHBACK_SHARED:-$root/../shared}
-if [ ! -d "$shared/models/stories260K" ]; then
-  echo "error: the shared models/data folder is not at $shared (set FLASHBACK_SHARED=/path/to/shared)" >&2
-  exit 1
-fi
-export FLASHBACK_SHARED=$(cd "$shared" && pwd)
+source "$(dirname "$0")/common.sh"
 "$root/scripts/build.sh" flashback_cli >&2
 build=${FLASHBACK_BUILD_DIR:-$root/build}
 exec "$build/flashback" generate --model "$shared/models/stories260K/stories260K.bin" \

@@ -2,13 +2,7 @@
 # The whole test suite: installs what it needs, builds, runs every test.
 # Usage: scripts/test.sh [--sanitize]   (ASan + UBSan build in build-asan/)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-shared=${FLASHBACK_SHARED:-$root/../shared}
-if [ ! -d "$shared/models/stories260K" ]; then
-  echo "error: the shared models/data folder is not at $shared (set FLASHBACK_SHARED=/path/to/shared)" >&2
-  exit 1
-fi
-export FLASHBACK_SHARED=$(cd "$shared" && pwd)
+source "$(dirname "$0")/common.sh"
 "$root/scripts/build.sh" "$@"
 build=${FLASHBACK_BUILD_DIR:-$root/build}
 if [ "${1:-}" = "--sanitize" ]; then
