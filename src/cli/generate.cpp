@@ -82,6 +82,7 @@ void run(const GenerateArgs& a) {
 void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (BOS is prepended)");
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags win
   cmd->add_option("--model,-m", a->model, "HF model directory, llama2.c .bin or .gguf")->required();
   cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer.model or tokenizer.bin (default: found with the model)");
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
