@@ -73,6 +73,7 @@ void run(const GenerateArgs& a) {
   } else {
     std::fwrite(tail.data(), 1, tail.size(), stdout);
     std::printf("\n");
+    std::fflush(stdout);
     std::fprintf(stderr, "[%zu prompt tokens, %zu generated; prefill %.3f s, decode %.2f tok/s]\n", prompt.size(),
                  r.ids.size(), r.prefill_seconds, r.decode_seconds > 0 ? r.ids.size() / r.decode_seconds : 0.0);
   }
