@@ -11,5 +11,9 @@ void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_info(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_index(CLI::App& app);
+void add_retrieve(CLI::App& app);
+void add_ralm(CLI::App& app);
+void add_eval(CLI::App& app);
 
 }  // namespace flashback::cli

@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   flashback::cli::add_tokenize(app);
   flashback::cli::add_info(app);
   flashback::cli::add_convert(app);
+  flashback::cli::add_index(app);
+  flashback::cli::add_retrieve(app);
+  flashback::cli::add_ralm(app);
+  flashback::cli::add_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,34 @@
+// Corpora split into passages of at most `max_tokens` tokens that keep their title.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "flashback/retrieval/retriever.hpp"
+#include "flashback/tokenizer.hpp"
+
+namespace flashback {
+
+enum class CorpusFormat {
+  WikiText,    // " = Title = " lines start articles (" = = Section = = " lines do not)
+  Paragraphs,  // blank-line separated paragraphs (TinyStories); no titles
+  Jsonl,       // one {"title": ..., "text": ...} object per line
+};
+
+// "wikitext" | "paragraphs" | "jsonl"; InvalidArgument otherwise.
+CorpusFormat parse_corpus_format(const std::string& name);
+
+// Progress: bytes of the corpus consumed so far, and its total size.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
+// Reads the corpus and splits every article / paragraph into passages of at
+// most `max_tokens` tokens of `tokenizer` (split at token boundaries; text is
+// the detokenized span), each carrying its article's title. Ids are 0..N-1.
+// FormatError (naming the file and line) for a missing or empty corpus or a
+// malformed JSONL line.
+std::vector<Passage> read_corpus(const std::string& path, CorpusFormat format, const Tokenizer& tokenizer,
+                                 int64_t max_tokens, const ProgressFn& progress = {});
+
+}  // namespace flashback

@@ -1,0 +1,83 @@
+// On-disk retrieval indexes. An index is a directory holding meta.json
+// ({"kind": "bm25" | "dense", ...}) and the kind's own files; builds write a
+// temporary directory and swap it in atomically, so a crash leaves the old
+// index or none, never half of one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flashback/retrieval/corpus.hpp"
+#include "flashback/retrieval/retriever.hpp"
+
+namespace flashback {
+
+struct IndexInfo {
+  std::string kind;      // "bm25" | "dense"
+  int64_t passages = 0;
+  int64_t max_tokens = 0;
+  std::string corpus;    // where the passages came from (informational)
+  std::string format;    // corpus format name
+  std::string encoder;   // dense: the encoder's description (e.g. the model path)
+};
+
+// meta.json of an index directory; FormatError naming the directory if absent or malformed.
+IndexInfo read_index_info(const std::string& dir);
+
+// ---- BM25 over Xapian (Pyserini's defaults: k1 = 0.9, b = 0.4), English
+// stemming and Lucene's English stopwords, the same analysis for passages and
+// queries.
+struct BM25Params {
+  double k1 = 0.9;
+  double b = 0.4;
+};
+
+void build_bm25_index(const std::vector<Passage>& passages, const IndexInfo& info, const std::string& dir,
+                      const ProgressFn& progress = {});
+
+class BM25Retriever : public Retriever {
+ public:
+  explicit BM25Retriever(const std::string& dir, BM25Params params = {});
+  ~BM25Retriever() override;
+  std::vector<Passage> retrieve(const std::string& query, int64_t k) override;
+  int64_t size() const override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- Dense: passages and queries embedded by a pluggable encoder; exact
+// inner-product top-k over the memory-mapped [N, dim] fp32 matrix (Eigen).
+class TextEncoder {
+ public:
+  virtual ~TextEncoder() = default;
+  virtual int64_t dim() const = 0;
+  // Row-major [texts.size(), dim()] embeddings.
+  virtual std::vector<float> encode(const std::vector<std::string>& texts) = 0;
+  // Recorded in meta.json so a reader can tell which encoder built an index.
+  virtual std::string describe() const = 0;
+};
+
+void build_dense_index(const std::vector<Passage>& passages, TextEncoder& encoder, const IndexInfo& info,
+                       const std::string& dir, const ProgressFn& progress = {});
+
+class DenseRetriever : public Retriever {
+ public:
+  DenseRetriever(const std::string& dir, std::shared_ptr<TextEncoder> encoder);
+  ~DenseRetriever() override;
+  std::vector<Passage> retrieve(const std::string& query, int64_t k) override;
+  int64_t size() const override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Opens the index in `dir` by its meta.json kind. A dense index needs
+// `encoder` (InvalidArgument without one); a BM25 index ignores it.
+std::unique_ptr<Retriever> open_index(const std::string& dir, std::shared_ptr<TextEncoder> encoder = nullptr);
+
+}  // namespace flashback
