@@ -46,7 +46,7 @@ GenerateResult generate(LlamaModelImpl& model, KVCacheStore& cache, const std::v
   t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
     if (i > 0) logits = decode_step(model, cache, r.ids.back());
-    const int64_t next = sample(logits);
+    const int64_t next = sample(options.marks.strip(logits));
     r.ids.push_back(next);
     if (on_token && !on_token(next)) break;
     if (options.stop_at_eos && model.config().is_eos(next)) break;

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
     flashback::GenerateOptions options;
     options.max_new_tokens = argc > 3 ? std::stoi(argv[3]) : 32;
     flashback::DecodeStream text(tok);
+    text.skip(ids);  // the prompt is printed as given
     std::fputs(argv[2], stdout);
     flashback::generate(*model, cache, prompt, options, [&](int64_t id) {
       std::fputs(text.put(static_cast<int32_t>(id)).c_str(), stdout);

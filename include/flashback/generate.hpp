@@ -9,6 +9,7 @@
 
 #include "flashback/kv_cache.hpp"
 #include "flashback/llama.hpp"
+#include "flashback/marking_token.hpp"
 #include "flashback/sampling.hpp"
 
 namespace flashback {
@@ -23,6 +24,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 64;
   SamplingOptions sampling;
   bool stop_at_eos = true;
+  MarkingToken marks;  // when present, the two mark rows are never sampled
 };
 
 struct GenerateResult {

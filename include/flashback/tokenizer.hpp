@@ -161,6 +161,11 @@ class Tokenizer {
 class DecodeStream {
  public:
   explicit DecodeStream(const Tokenizer& tok) : tok_(&tok) {}
+  // Feeds ids whose text the caller already shows (a prompt), so that what
+  // follows decodes as a continuation (keeping its leading space).
+  void skip(const std::vector<int32_t>& ids) {
+    for (int32_t id : ids) put(id);
+  }
   std::string put(int32_t id);
   std::string flush();
 

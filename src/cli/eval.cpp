@@ -1,4 +1,77 @@
+// flashback eval: token-level perplexity, In-Context-RALM style.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
 #include "commands.hpp"
+#include "flashback/formats/mapped_file.hpp"
+#include "ralm_common.hpp"
+
 namespace flashback::cli {
-void add_eval(CLI::App& app) { (void)app; }
+
+namespace {
+struct Args : RalmArgs {
+  std::string text;
+  int64_t max_tokens = 0;
+};
+
+void run(const Args& a) {
+  const ContextMode mode = parse_context_mode(a.mode);
+  if (mode != ContextMode::None && a.index.empty()) throw InvalidArgument("--index is required unless --mode none");
+  RalmModel m = load_ralm_model(a);
+  std::unique_ptr<Retriever> retriever;
+  if (mode != ContextMode::None) retriever = open_retriever(a.index, a.encoder_model, a.forbidden_titles);
+  DocumentSource source(retriever.get(), m.tokenizer, ralm_options(a));
+  ContextOptions co = context_options(a);
+  if (co.max_length == 0) co.max_length = std::min<int64_t>(512, m.model->config().max_position_embeddings);
+
+  const std::string text = read_file(a.text);
+  std::vector<int32_t> ids32 = m.tokenizer.encode(text, /*add_bos=*/true);
+  if (a.max_tokens > 0 && static_cast<int64_t>(ids32.size()) > a.max_tokens + 1) ids32.resize(a.max_tokens + 1);
+  if (ids32.size() < 2) throw FormatError(a.text, "the text has no tokens to score");
+  std::vector<int64_t> ids(ids32.begin(), ids32.end());
+
+  KVCacheStore cache = m.model->make_cache(1, co.max_length);
+  auto last = std::chrono::steady_clock::now();
+  auto progress = [&](int64_t done, int64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last < std::chrono::milliseconds(500)) return;
+    last = now;
+    std::fprintf(stderr, "\reval %s: %lld / %lld tokens (%.0f%%)", a.mode.c_str(), (long long)done, (long long)total,
+                 100.0 * double(done) / double(total));
+    if (done == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  };
+  EvalResult r = with_context(mode, *m.model, cache, m.marks, co,
+                              [&](auto& ctx) { return ralm_evaluate(ctx, source, ids, progress); });
+  nlohmann::ordered_json j;
+  j["mode"] = a.mode;
+  j["marks"] = co.marks;
+  j["kv_reuse"] = co.kv_reuse;
+  j["ppl"] = r.ppl();
+  j["nll"] = r.mean_nll();
+  j["tokens"] = r.tokens;
+  j["max_length"] = co.max_length;
+  j["stride"] = a.stride;
+  j["stats"] = stats_json(r.stats);
+  if (a.json) {
+    j["stats"].erase("reencoded_per_place");
+    std::cout << j.dump() << "\n";
+  } else {
+    std::printf("%s%s: ppl %.4f (mean nll %.6f over %lld tokens)\n", a.mode.c_str(), co.marks ? "+marks" : "", r.ppl(),
+                r.mean_nll(), (long long)r.tokens);
+  }
+}
+}  // namespace
+
+void add_eval(CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("eval", "Perplexity with retrieval every s tokens (In-Context RALM protocol)");
+  add_ralm_flags(cmd, *a);
+  cmd->add_option("--text", a->text, "text file to score")->required();
+  cmd->add_option("--max-tokens", a->max_tokens, "score only the first N tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->callback([a] { run(*a); });
+}
+
 }  // namespace flashback::cli

@@ -34,6 +34,7 @@ void run(const GenerateArgs& a) {
   Tokenizer tok = load_tokenizer(ck, a.tokenizer);
   LoadOptions lo;
   lo.dtype = parse_dtype(a.dtype);
+  const MarkingToken marks = find_marking_tokens(ck, tok);
   LlamaModel model = load_model(ck, lo);
   ck.tensors.clear();  // release the mapped file
 
@@ -42,9 +43,11 @@ void run(const GenerateArgs& a) {
   GenerateOptions go;
   go.max_new_tokens = a.n;
   go.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  go.marks = marks;
   KVCacheStore cache = model->make_cache(1);
 
   DecodeStream stream(tok);
+  stream.skip(ids32);  // the prompt is printed as given
   std::string text;
   auto on_token = [&](int64_t id) {
     std::string piece = stream.put(static_cast<int32_t>(id));

@@ -1,4 +1,83 @@
+// flashback retrieve: the best passages of an index for a query, as a
+// readable listing or a JSON list of {"title", "text", "score"}.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
 #include "commands.hpp"
+#include "flashback/checkpoint.hpp"
+#include "flashback/error.hpp"
+#include "flashback/retrieval/index.hpp"
+#include "flashback/retrieval/model_encoder.hpp"
+#include "flashback/runtime.hpp"
+
 namespace flashback::cli {
-void add_retrieve(CLI::App& app) { (void)app; }
+
+namespace {
+struct RetrieveArgs {
+  std::string index, query, forbidden, model, tokenizer;
+  int64_t k = 5;
+  int threads = 0;
+  bool json = false;
+};
+
+// A dense index's query encoder: --model, else the model recorded in
+// meta.json when that is a path that exists.
+std::shared_ptr<TextEncoder> dense_encoder(const RetrieveArgs& a, const IndexInfo& info) {
+  std::string path = a.model;
+  if (path.empty()) {
+    std::error_code ec;
+    if (info.encoder.empty() || !std::filesystem::exists(info.encoder, ec))
+      throw InvalidArgument(a.index + ": a dense index needs --model (it was built with encoder '" + info.encoder + "')");
+    path = info.encoder;
+  }
+  init_threads(a.threads);
+  Checkpoint ck = read_checkpoint(path);
+  Tokenizer tok = load_tokenizer(ck, a.tokenizer);
+  LlamaModel model = load_model(ck);
+  ck.tensors.clear();
+  const std::string described = std::filesystem::absolute(path).lexically_normal().string();
+  return std::make_shared<ModelEncoder>(model, tok, described, info.max_tokens > 0 ? info.max_tokens : 128);
+}
+
+void run(const RetrieveArgs& a) {
+  IndexInfo info = read_index_info(a.index);
+  std::shared_ptr<TextEncoder> encoder;
+  if (info.kind == "dense") encoder = dense_encoder(a, info);
+  std::unique_ptr<Retriever> retriever = open_index(a.index, encoder);
+  if (!a.forbidden.empty()) retriever->set_title_filter(TitleFilter::from_file(a.forbidden));
+  std::vector<Passage> found = retriever->retrieve(a.query, a.k);
+
+  if (a.json) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const Passage& p : found) list.push_back({{"title", p.title}, {"text", p.text}, {"score", p.score}});
+    std::cout << list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return;
+  }
+  if (found.empty()) std::printf("(no passage matches)\n");
+  for (size_t i = 0; i < found.size(); ++i) {
+    const Passage& p = found[i];
+    std::printf("%zu. %s  [score %.4f, passage %lld]\n   %s\n\n", i + 1, p.title.empty() ? "(untitled)" : p.title.c_str(),
+                p.score, static_cast<long long>(p.id), p.text.c_str());
+  }
+}
+}  // namespace
+
+void add_retrieve(CLI::App& app) {
+  auto a = std::make_shared<RetrieveArgs>();
+  CLI::App* cmd = app.add_subcommand("retrieve", "Find the passages of an index that best match a query");
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  cmd->add_option("--index,-i", a->index, "index directory (built by `flashback index`)")->required();
+  cmd->add_option("--query,-q", a->query, "query text")->required();
+  cmd->add_option("-k", a->k, "number of passages");
+  cmd->add_option("--forbidden-titles", a->forbidden, "file of titles (one per line) never to return");
+  cmd->add_option("--model,-m", a->model, "dense: the query encoder (default: the model recorded in the index)");
+  cmd->add_option("--tokenizer,-t", a->tokenizer, "dense: the model's tokenizer (default: found with the model)");
+  cmd->add_option("--threads", a->threads, "dense: intra-op threads (default: all cores)");
+  cmd->add_flag("--json", a->json, "print a JSON list of {title, text, score}, best first");
+  cmd->callback([a] { run(*a); });
+}
+
 }  // namespace flashback::cli

@@ -2,6 +2,14 @@
 // ({"kind": "bm25" | "dense", ...}) and the kind's own files; builds write a
 // temporary directory and swap it in atomically, so a crash leaves the old
 // index or none, never half of one.
+//
+//   bm25:  meta.json, xapian/ (glass database: data = text, value 0 = title)
+//   dense: meta.json ("dim"), embeddings.safetensors ("embeddings" F32 [N, dim]),
+//          passages.jsonl ({"title","text"}, line i = passage i)
+//
+// A build refuses (Error) to replace a target that exists and is not an
+// index: a file, or a non-empty directory without meta.json. Parent
+// directories are created.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +40,11 @@ IndexInfo read_index_info(const std::string& dir);
 struct BM25Params {
   double k1 = 0.9;
   double b = 0.4;
+  // Xapian clamps a document's length / average length to at least this,
+  // so that a tiny passage (the last few tokens of an article) cannot win
+  // on one shared term. Lucene has no clamp; with b = 0.4 the clamp changes
+  // a short passage's term weight by at most ~12%.
+  double min_normlen = 0.5;
 };
 
 void build_bm25_index(const std::vector<Passage>& passages, const IndexInfo& info, const std::string& dir,

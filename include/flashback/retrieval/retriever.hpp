@@ -37,6 +37,8 @@ class TitleFilter {
   void add(std::string_view title) { titles_.insert(normalize_title(title)); }
   bool forbids(std::string_view title) const { return !titles_.empty() && titles_.count(normalize_title(title)) > 0; }
   size_t size() const { return titles_.size(); }
+  // The normalised titles (an index may turn them into exclusion terms).
+  const std::unordered_set<std::string>& normalized_titles() const { return titles_; }
 
  private:
   std::unordered_set<std::string> titles_;
@@ -51,11 +53,17 @@ class Retriever {
   // Number of passages in the index.
   virtual int64_t size() const = 0;
 
-  void set_title_filter(TitleFilter filter) { filter_ = std::move(filter); }
+  void set_title_filter(TitleFilter filter) {
+    filter_ = std::move(filter);
+    ++filter_generation_;
+  }
   const TitleFilter& title_filter() const { return filter_; }
 
  protected:
   TitleFilter filter_;
+  // Bumped by set_title_filter: implementations cache what they derive from
+  // the filter (exclusion queries, masks) and rebuild it when this changes.
+  uint64_t filter_generation_ = 0;
 };
 
 }  // namespace flashback
