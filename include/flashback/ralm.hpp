@@ -68,6 +68,7 @@ class DocumentSource {
     return docs;
   }
 
+  bool retrieves() const { return retriever_ != nullptr; }
   const std::string& last_query() const { return last_query_; }
   const std::vector<Passage>& last_passages() const { return last_passages_; }
   const RalmOptions& options() const { return options_; }
@@ -79,6 +80,21 @@ class DocumentSource {
   std::string last_query_;
   std::vector<Passage> last_passages_;
 };
+
+// Fails early when the largest document block (k documents of doc_tokens,
+// the marks) plus the stride leaves no room for the input in the window.
+template <class Context>
+void check_budget(const Context& ctx, const DocumentSource& source) {
+  if (!source.retrieves()) return;
+  const RalmOptions& o = source.options();
+  const int64_t block = o.k * o.doc_tokens + (ctx.options().marks ? 2 : 0);
+  const int64_t max_length = ctx.options().max_length;
+  if (block + o.stride + 1 > max_length)
+    throw InvalidArgument(std::to_string(o.k) + " document(s) of up to " + std::to_string(o.doc_tokens) +
+                          " tokens" + (ctx.options().marks ? " with marks" : "") + " plus the stride of " +
+                          std::to_string(o.stride) + " leave no room for the input within max length " +
+                          std::to_string(max_length));
+}
 
 struct RalmResult {
   std::vector<int64_t> ids;  // generated ids only
@@ -93,6 +109,7 @@ RalmResult ralm_generate(Context& ctx, DocumentSource& source, const std::vector
                          int64_t max_new_tokens, Sampler& sampler, const std::vector<int64_t>& stop_ids = {},
                          const std::function<bool(int64_t)>& on_token = {}) {
   if (max_new_tokens < 0) throw InvalidArgument("the number of tokens to generate must be >= 0");
+  check_budget(ctx, source);
   c10::InferenceMode guard;
   ctx.reset(prompt);
   RalmResult r;
@@ -132,6 +149,7 @@ template <class Context>
 EvalResult ralm_evaluate(Context& ctx, DocumentSource& source, const std::vector<int64_t>& ids,
                          const std::function<void(int64_t, int64_t)>& progress = {}) {
   if (ids.size() < 2) throw InvalidArgument("the text to evaluate has no token to score");
+  check_budget(ctx, source);
   c10::InferenceMode guard;
   const int64_t s = source.options().stride, n = static_cast<int64_t>(ids.size());
   ctx.reset({ids[0]});

@@ -18,3 +18,26 @@ def find_cli() -> Path:
     if candidate.exists():
         return candidate
     pytest.fail("set FLASHBACK_CLI to the built flashback binary", pytrace=False)
+
+
+def run(*args, check=True, stdin=None, timeout=300):
+    """Runs `flashback ARGS...`; with check, asserts exit status 0."""
+    import subprocess
+
+    proc = subprocess.run([str(find_cli()), *map(str, args)], capture_output=True, text=True, input=stdin,
+                          timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def fails(*args, contains=()):
+    """Runs a command that must fail: exit status 1 and exactly one line
+    "flashback: error: ..." on stderr that contains every string in `contains`."""
+    proc = run(*args, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flashback: error: "), proc.stderr
+    for c in contains:
+        assert c in lines[0], lines[0]
+    return lines[0]

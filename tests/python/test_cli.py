@@ -3,22 +3,13 @@ clear error line with a non-zero exit status for bad input."""
 
 import json
 import shutil
-import subprocess
 
 import pytest
 
-from fbtest import SHARED, find_cli
+from fbtest import SHARED, fails, run
 
 STORIES = SHARED / "models/stories260K"
 GOLDEN = json.loads((STORIES / "golden.json").read_text())
-
-
-def run(*args, check=True, stdin=None):
-    proc = subprocess.run([str(find_cli()), *map(str, args)], capture_output=True, text=True,
-                          input=stdin, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def generate_json(model, prompt, n, *extra):
@@ -81,14 +72,7 @@ def test_converted_tokenizer_loads_in_sentencepiece(tmp_path):
 
 
 def expect_error(args, *needles):
-    proc = run(*args, check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("flashback: error: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert proc.returncode < 128  # an exit, not a signal
+    fails(*args, contains=needles)
 
 
 def test_errors_are_one_clear_line(tmp_path):

@@ -3,11 +3,10 @@ small corpora, `retrieve --json` results, forbidden titles, atomic rebuilds,
 and one clear error line with exit status 1 for bad input."""
 
 import json
-import subprocess
 
 import pytest
 
-from fbtest import SHARED, find_cli
+from fbtest import SHARED, fails, run
 
 STORIES = SHARED / "models/stories260K"
 TOK512 = STORIES / "tok512.model"
@@ -19,24 +18,6 @@ ARTICLES = [
     ("Clock tower", "The old clock tower chimes every hour; its bells were cast in 1850."),
     ("Volcano", "A volcano erupts when molten rock, ash and gases escape from a magma chamber."),
 ]
-
-
-def run(*args, check=True):
-    proc = subprocess.run([str(find_cli()), *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def fails(*args, contains=()):
-    """Runs a command that must fail: exit 1, one error line naming the problem."""
-    proc = run(*args, check=False)
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("flashback: error: "), proc.stderr
-    for c in contains:
-        assert c in lines[0], lines[0]
-    return lines[0]
 
 
 def retrieve_json(index, query, *extra):

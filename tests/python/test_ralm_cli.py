@@ -1,0 +1,97 @@
+"""`flashback ralm` / `flashback eval` on stories260K with a real BM25 index
+of TinyStories: KV reuse equals the --no-kv-reuse reference through the CLI,
+the JSON contracts, side-by-side modes, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fbtest import REPO, SHARED, fails, run
+
+STORIES = SHARED / "models/stories260K"
+MODEL = STORIES / "stories260K.bin"
+PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ralm")
+    subprocess.run([sys.executable, str(REPO / "scripts/prepare_tinystories.py"), str(SHARED), str(d)], check=True)
+    run("index", "--corpus", d / "tinystories_corpus.txt", "--format", "paragraphs", "--tokenizer",
+        STORIES / "tok512.model", "--out", d / "index")
+    return d
+
+
+def ralm(data, *extra):
+    out = run("ralm", "--model", MODEL, "--index", data / "index", "--prompt", PROMPT, "-n", 40, "--json", *extra)
+    return json.loads(out.stdout)
+
+
+def evaluate(data, *extra):
+    out = run("eval", "--model", MODEL, "--index", data / "index", "--text", data / "tinystories_heldout.txt",
+              "--max-tokens", 240, "--json", *extra)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("mode", ["append", "prepend"])
+@pytest.mark.parametrize("marks", ["--marks", "--no-marks"])
+@pytest.mark.parametrize("k", ["1", "2"])
+def test_kv_reuse_is_exact(data, mode, marks, k):
+    args = ("--mode", mode, marks, "-k", k, "--stride", "8", "--doc-tokens", "48")
+    fast, ref = ralm(data, *args), ralm(data, *args, "--no-kv-reuse")
+    assert fast["ids"] == ref["ids"]
+    assert fast["stats"]["retrievals"] == 5 and ref["stats"]["retrievals"] == 5
+    # The reference recomputes everything: it re-encodes far more.
+    assert ref["stats"]["tokens_reencoded"] > fast["stats"]["tokens_reencoded"]
+    e_fast, e_ref = evaluate(data, *args), evaluate(data, *args, "--no-kv-reuse")
+    assert e_fast["tokens"] == e_ref["tokens"] == 240
+    assert abs(e_fast["nll"] - e_ref["nll"]) < 1e-5
+
+
+def test_json_contracts(data):
+    r = ralm(data, "--mode", "append")
+    assert set(r) >= {"ids", "text", "stats"}
+    assert len(r["ids"]) == 40 and all(i < 512 for i in r["ids"])  # marks are never generated
+    s = r["stats"]
+    assert set(s) >= {"retrievals", "tokens_reencoded", "tokens_decoded", "retrieve_seconds", "reencode_seconds",
+                      "decode_seconds"}
+    assert s["retrievals"] == 3 and s["tokens_decoded"] == 39
+    e = evaluate(data, "--mode", "prepend")
+    assert set(e) >= {"ppl", "nll", "tokens", "stats"}
+    assert e["ppl"] == pytest.approx(2.718281828 ** e["nll"], rel=1e-9)
+
+
+def test_documents_change_the_prediction_and_none_needs_no_index(data):
+    none = json.loads(run("eval", "--model", MODEL, "--text", data / "tinystories_heldout.txt", "--max-tokens", 240,
+                          "--mode", "none", "--json").stdout)
+    prepend = evaluate(data, "--mode", "prepend", "--no-marks")
+    assert none["stats"]["retrievals"] == 0
+    assert prepend["stats"]["retrievals"] > 10
+    assert abs(none["nll"] - prepend["nll"]) > 1e-3
+
+
+def test_side_by_side(data):
+    out = run("ralm", "--model", MODEL, "--index", data / "index", "--prompt", PROMPT, "-n", 32,
+              "--mode", "prepend,append").stdout
+    assert "== prepend + marks" in out and "== append + marks" in out
+    table = out[out.index("mode "):].splitlines()
+    assert table[1].startswith("prepend") and table[2].startswith("append")
+
+
+def test_bad_input(data, tmp_path):
+    base = ("--model", MODEL, "--prompt", "x", "-n", "4")
+    fails("ralm", *base, "--mode", "append", contains=["--index is required"])
+    fails("ralm", *base, "--index", tmp_path / "nope", contains=["nope"])
+    fails("ralm", *base, "--index", data / "index", "--mode", "sideways", contains=["unknown mode 'sideways'"])
+    fails("ralm", *base, "--index", data / "index", "--doc-tokens", "600",
+          contains=["leave no room for the input"])
+    fails("ralm", *base, "--index", data / "index", "--max-length", "4096", contains=["exceeds"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    fails("eval", "--model", MODEL, "--index", data / "index", "--text", empty, contains=["no tokens to score"])
+    fails("eval", "--model", MODEL, "--index", data / "index", "--text", tmp_path / "missing.txt",
+          contains=["missing.txt"])
+    proc = run("ralm", *base, "--index", data / "index", "--stride", "0", check=False)
+    assert proc.returncode != 0 and "stride" in proc.stderr
