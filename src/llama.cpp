@@ -125,8 +125,8 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
 
 // ---------------------------------------------------------------- decoder
 LlamaDecoderImpl::LlamaDecoderImpl(const LlamaConfig& c, const at::TensorOptions& options) {
-  auto embed = register_module("embed_tokens", std::make_shared<torch::nn::Module>("Embedding"));
-  embed_tokens_weight = embed->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
+  embed_tokens = register_module("embed_tokens", std::make_shared<torch::nn::Module>("Embedding"));
+  embed_tokens_weight = embed_tokens->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     layer_list.emplace_back(c, options);
@@ -233,6 +233,7 @@ at::Tensor LlamaModelImpl::hidden_states(const at::Tensor& tokens, const at::Ten
   at::Tensor sin = rope_.sin.index({pos});  // [T, D] or [B, T, D]
 
   at::Tensor x = at::embedding(model->embed_tokens_weight, tokens);  // [B, T, C]
+  if (model->token_adapter) x = model->token_adapter->forward(tokens, x);  // [B, T, C]
   for (size_t l = 0; l < model->layer_list.size(); ++l)
     x = model->layer_list[l]->forward(x, cos, sin, cache, static_cast<int64_t>(l));  // [B, T, C]
   if (cache) cache->commit(T);

@@ -30,6 +30,11 @@ class LinearImpl : public torch::nn::Module {
       : in_features(in_features), out_features(out_features) {
     weight = register_parameter("weight", at::empty({out_features, in_features}, options));  // [out, in]
   }
+  // Wraps an existing weight [out, in] (the same tensor, not a copy): how a
+  // LoRA layer takes over the projection it adapts.
+  explicit LinearImpl(const at::Tensor& existing) : in_features(existing.size(1)), out_features(existing.size(0)) {
+    weight = register_parameter("weight", existing, existing.requires_grad());  // [out, in]
+  }
   ~LinearImpl() override = default;
 
   // x: [..., in] -> [..., out]

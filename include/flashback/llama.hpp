@@ -21,6 +21,7 @@
 #include "flashback/config.hpp"
 #include "flashback/kv_cache.hpp"
 #include "flashback/linear.hpp"
+#include "flashback/lora.hpp"
 
 namespace flashback {
 
@@ -90,6 +91,8 @@ class LlamaDecoderImpl : public torch::nn::Module {
  public:
   LlamaDecoderImpl(const LlamaConfig& config, const at::TensorOptions& options);
   at::Tensor embed_tokens_weight;  // [V, C], registered as "embed_tokens.weight"
+  std::shared_ptr<torch::nn::Module> embed_tokens;  // holds the weight (and a token adapter)
+  TokenAdapter token_adapter{nullptr};  // "embed_tokens.token_adapter": trainable rows, or null
   torch::nn::ModuleList layers{nullptr};
   std::vector<DecoderLayer> layer_list;  // typed views of `layers`
   RMSNorm norm{nullptr};
@@ -148,6 +151,7 @@ class LlamaModelImpl : public torch::nn::Module {
 
   LlamaDecoder model{nullptr};
   Linear lm_head{nullptr};  // null when tie_word_embeddings
+  std::shared_ptr<const LoraConfig> adapter;  // set by add_lora (lora.hpp), else null
 
  private:
   void check_inputs(const at::Tensor& tokens, const at::Tensor& positions, const KVCacheStore* cache) const;
