@@ -1,5 +1,6 @@
 #include "ralm_common.hpp"
 
+#include "flashback/lora.hpp"
 #include "flashback/retrieval/index.hpp"
 #include "flashback/retrieval/model_encoder.hpp"
 
@@ -8,6 +9,8 @@ namespace flashback::cli {
 void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--model,-m", a.model, "HF model directory, llama2.c .bin or .gguf")->required();
+  cmd->add_option("--adapter", a.adapter, "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)");
+  cmd->add_flag("--adapter-unmerged", a.adapter_unmerged, "keep the adapter separate instead of merging it into the weights");
   cmd->add_option("--tokenizer,-t", a.tokenizer, "tokenizer.model or tokenizer.bin (default: found with the model)");
   cmd->add_option("--index", a.index, "retrieval index directory (flashback index); not needed with --mode none");
   cmd->add_option("--mode", a.mode, "append (FlashBack), prepend (In-Context RALM) or none");
@@ -48,6 +51,10 @@ RalmModel load_ralm_model(const RalmArgs& a) {
   LoadOptions lo;
   lo.dtype = parse_dtype(a.dtype);
   r.model = load_model(ck, lo);
+  if (!a.adapter.empty()) {
+    load_adapter(*r.model, a.adapter, /*merge=*/!a.adapter_unmerged);
+    r.model->eval();
+  }
   return r;
 }
 

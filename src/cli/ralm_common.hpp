@@ -13,7 +13,8 @@
 namespace flashback::cli {
 
 struct RalmArgs {
-  std::string model, tokenizer, index, mode = "append", dtype, forbidden_titles, encoder_model;
+  std::string model, tokenizer, index, mode = "append", dtype, forbidden_titles, encoder_model, adapter;
+  bool adapter_unmerged = false;
   bool marks = true;
   bool no_kv_reuse = false;
   int64_t stride = 16, query_tokens = 32, doc_tokens = 128, k = 1, max_length = 0;

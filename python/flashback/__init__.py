@@ -1,0 +1,33 @@
+"""flashback: FlashBack retrieval-augmented language modelling (Liu et al. 2024)
+over a C++ LibTorch core.
+
+    import flashback
+    model = flashback.LlamaForCausalLM.from_pretrained("stories260K.bin", marks="add")
+    model.add_adapter(flashback.LoraConfig(r=16, lora_alpha=32))   # LoRA + the two mark rows
+    ...                                                             # torch.optim, autograd, DDP
+    model.save_adapter("out/adapter")                               # PEFT's format
+
+Contexts, retrieval and the RALM loops: see flashback.ralm. Fine-tuning:
+flashback.finetune (also `python -m flashback.finetune`).
+"""
+
+import torch as _torch  # noqa: F401  (loads LibTorch first: the extension links the same build)
+
+from . import _C
+from ._C import FlashbackError, FormatError, InvalidArgument, Tokenizer
+from .loss import target_loss
+from .modeling import LlamaForCausalLM, LoraConfig, read_adapter_config
+from .ralm import Context, Retriever, build_bm25_index, evaluate, generate, open_index
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LlamaForCausalLM", "LoraConfig", "read_adapter_config", "Tokenizer", "Context", "Retriever", "open_index",
+    "build_bm25_index", "generate", "evaluate", "target_loss", "FlashbackError", "FormatError", "InvalidArgument",
+    "set_num_threads",
+]
+
+
+def set_num_threads(n: int = 0) -> int:
+    """Intra-op threads for the C++ core and torch alike (0: FLASHBACK_THREADS or all cores)."""
+    return _C.set_num_threads(n)

@@ -1,0 +1,123 @@
+"""Training examples as the paper prepares them (FlashBack, section 4 / its
+data-preparation code):
+
+  * the text is one token stream; a target block of `target_tokens` (s = 16)
+    starts at every `stride`-th position;
+  * the query is the last `query_tokens` (32) tokens before the block,
+    decoded; the top-1 document (forbidden titles excluded by the retriever)
+    is cut to `doc_tokens` (128);
+  * the context is a random number of tokens before the block, as many as
+    fit: BOS + context + document block + target <= max_length (512);
+  * layout, exactly as the inference contexts build it (docs/architecture.md):
+        append   [BOS ctx][<MARK_L> doc <MARK_R>][target]
+        prepend  [BOS][<MARK_L> doc <MARK_R>][ctx][target]
+    (no marks: the document alone);
+  * labels are IGNORE_INDEX except on the rows that predict target tokens:
+    the loss covers the `target_tokens` tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from .loss import IGNORE_INDEX
+
+
+@dataclass
+class DataConfig:
+    layout: str = "append"      # "append" (FlashBack) or "prepend" (In-Context RALM)
+    marks: bool = True          # bracket the document with <MARK_L> ... <MARK_R>
+    stride: int = 16            # a target block every `stride` tokens
+    target_tokens: int = 16     # s: tokens scored per example
+    query_tokens: int = 32      # the query is the last 32 tokens before the block
+    doc_tokens: int = 128       # the document is cut to 128 tokens
+    max_length: int = 512       # BOS + context + document block + target
+    min_context: int = 1        # at least this many context tokens
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.layout not in ("append", "prepend"):
+            raise ValueError(f"layout must be 'append' or 'prepend', not {self.layout!r}")
+        for name in ("stride", "target_tokens", "query_tokens", "doc_tokens", "max_length", "min_context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        block = self.doc_tokens + (2 if self.marks else 0)
+        if 1 + self.min_context + block + self.target_tokens > self.max_length:
+            raise ValueError(f"max_length {self.max_length} leaves no room for BOS + {self.min_context} context "
+                             f"tokens + a {block}-token document block + {self.target_tokens} targets")
+
+
+@dataclass
+class Example:
+    input_ids: List[int]   # the layout
+    labels: List[int]      # labels[i] = the token row i predicts, IGNORE_INDEX where not scored
+    document: str = ""     # the retrieved passage (for inspection)
+
+
+def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConfig, *,
+                   mark_left: Optional[int] = None, bos_id: Optional[int] = None, limit: Optional[int] = None,
+                   progress: Optional[Callable[[int, int], None]] = None) -> List[Example]:
+    """Examples from a token stream (the text encoded without BOS).
+
+    tokenizer: a flashback Tokenizer (decodes queries, encodes documents);
+    retriever: a flashback Retriever (top-1 per example; None: no document);
+    mark_left: the <MARK_L> id (needed when config.marks); limit: at most this
+    many examples, evenly spread over the text. Raises ValueError when the
+    text yields no example."""
+    config.validate()
+    if config.marks and (mark_left is None or mark_left < 0):
+        raise ValueError("config.marks needs the model's marking tokens (mark_left)")
+    bos = tokenizer.bos_id if bos_id is None else bos_id
+    stream = [int(t) for t in stream]
+    first = max(config.query_tokens, config.min_context)
+    starts = list(range(first, len(stream) - config.target_tokens + 1, config.stride))
+    if not starts:
+        raise ValueError(f"no training examples: the text has {len(stream)} tokens; one example needs at least "
+                         f"{first + config.target_tokens} ({first} before the target + {config.target_tokens} target)")
+    if limit is not None and limit < len(starts):
+        step = len(starts) / limit
+        starts = [starts[int(i * step)] for i in range(limit)]
+    rng = random.Random(config.seed)
+    out: List[Example] = []
+    for n, p in enumerate(starts):
+        target = stream[p:p + config.target_tokens]
+        query = tokenizer.decode(stream[p - config.query_tokens:p])
+        doc: List[int] = []
+        text = ""
+        if retriever is not None and query.strip():
+            hits = retriever.retrieve(query, 1)
+            if hits:
+                text = hits[0]["document"]
+                doc = tokenizer.encode(text, False, False)[:config.doc_tokens]
+        block = ([mark_left] + doc + [mark_left + 1]) if (config.marks and doc) else doc
+        room = config.max_length - 1 - len(block) - len(target)
+        ctx_len = rng.randint(config.min_context, min(room, p))
+        ctx = stream[p - ctx_len:p]
+        if config.layout == "append":
+            ids = [bos] + ctx + block + target
+        else:
+            ids = [bos] + block + ctx + target
+        labels = [IGNORE_INDEX] * len(ids)
+        t0 = len(ids) - len(target)
+        for i in range(len(target)):
+            labels[t0 + i - 1] = target[i]
+        out.append(Example(ids, labels, text))
+        if progress:
+            progress(n + 1, len(starts))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int = 0) -> tuple:
+    """Right-pads a batch: (input_ids [B, T], labels [B, T]). Padding comes after
+    every real token, so causal attention never lets a real row see it."""
+    t = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), t), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(examples):
+        ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
+        labels[b, :len(e.labels)] = torch.tensor(e.labels, dtype=torch.long)
+    return ids, labels

@@ -1,0 +1,327 @@
+"""LlamaForCausalLM: a torch.nn.Module over the C++ decoder.
+
+Its parameters ARE the C++ model's tensors (same TensorImpl, same storage):
+`parameters()`, `state_dict()`, torch.optim and DistributedDataParallel see
+exactly what the C++ forward reads and what backward writes gradients to.
+Names follow Hugging Face (`model.layers.0.self_attn.q_proj.weight`, and
+PEFT's `...q_proj.lora_A.weight` / `model.embed_tokens.token_adapter.
+trainable_tokens_delta` once an adapter is added).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import _C
+from .loss import IGNORE_INDEX, target_loss
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """PEFT's LoraConfig fields flashback uses. Defaults are the paper's (r=16,
+    alpha=32, dropout 0.05 on the attention projections).
+    `trainable_token_indices=None` means: the two marking tokens when the model
+    has them (what FlashBack trains), else none."""
+
+    r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    trainable_token_indices: Optional[Sequence[int]] = None
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r
+
+
+def read_adapter_config(path: Union[str, Path]) -> LoraConfig:
+    """The LoraConfig saved in a PEFT adapter directory (validated by the C++ reader)."""
+    d = _C.read_adapter_config(str(path))
+    return LoraConfig(r=d["r"], lora_alpha=d["lora_alpha"], lora_dropout=d["lora_dropout"],
+                      target_modules=tuple(d["target_modules"]), trainable_token_indices=d["trainable_token_indices"])
+
+
+def _as_parameter(t: torch.Tensor) -> nn.Parameter:
+    # Re-class the wrapped C++ tensor in place: the same object, now an
+    # nn.Parameter (a Parameter made with nn.Parameter(t) would be a new
+    # TensorImpl, and the C++ forward would never see its updates).
+    if not isinstance(t, nn.Parameter):
+        t.__class__ = nn.Parameter
+    return t
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama-2 decoder (GQA, RoPE, SwiGLU) computed by the C++ core.
+
+    forward(input_ids [B, T] int64, positions=None) -> logits [B, T, V] float32,
+    differentiable with respect to every parameter that requires grad."""
+
+    def __init__(self, core: "_C.Model", tokenizer: Optional["_C.Tokenizer"] = None, mark_left: int = -1,
+                 name_or_path: str = "") -> None:
+        super().__init__()
+        self._core = core
+        self.tokenizer = tokenizer
+        self.mark_left = int(mark_left)
+        self.name_or_path = name_or_path
+        self._core.train(self.training)
+        self._sync_parameters()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path], *, dtype: Union[str, torch.dtype] = "auto", marks: str = "find",
+                        tokenizer: Optional[Union[str, Path]] = None, device: str = "cpu",
+                        adapter: Optional[Union[str, Path]] = None, merge_adapter: bool = False) -> "LlamaForCausalLM":
+        """Loads an HF directory (config.json + safetensors, sharded or not),
+        a llama2.c .bin or a GGUF file.
+
+        marks: "add" gives the model the two marking tokens (mean-initialised
+        rows appended to the vocabulary, as FlashBack does before fine-tuning;
+        a checkpoint that already has them keeps its rows), "find" uses them
+        when the checkpoint has them, "none" ignores them.
+        adapter: a PEFT adapter directory to load on top (merged or not)."""
+        dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
+        core, tok, mark_left = _C.load(str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""), device=device)
+        model = cls(core, tok, mark_left, str(path))
+        if adapter is not None:
+            model.load_adapter(adapter, merge=merge_adapter)
+        return model
+
+    @classmethod
+    def from_config(cls, config: Dict, seed: int = 0, dtype: Union[str, torch.dtype] = "float32") -> "LlamaForCausalLM":
+        """A randomly initialised model (HF's init) for an HF-style config dict."""
+        dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
+        return cls(_C.Model.random(json.dumps(config), seed, dt))
+
+    def _sync_parameters(self) -> None:
+        self._parameters.clear()
+        for name, t in self._core.named_parameters():
+            self._parameters[name] = _as_parameter(t)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def core(self) -> "_C.Model":
+        """The C++ model (for flashback.ralm's contexts and loops)."""
+        return self._core
+
+    @property
+    def config(self) -> Dict:
+        return json.loads(self._core.config_json)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self._core.dtype]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self._core.device)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def marks(self) -> Optional[Tuple[int, int]]:
+        """(<MARK_L>, <MARK_R>) ids, or None when the model has no marks."""
+        return (self.mark_left, self.mark_left + 1) if self.mark_left >= 0 else None
+
+    def get_parameter(self, target: str) -> nn.Parameter:  # names hold dots: a flat lookup
+        try:
+            return self._parameters[target]
+        except KeyError:
+            raise AttributeError(f"no parameter named {target!r}") from None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Parameter names hold dots (HF's names on one flat module): match whole keys.
+        for name, param in self._parameters.items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if value.shape != param.shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)}, "
+                                  f"the model has {tuple(param.shape)}")
+                continue
+            with torch.no_grad():
+                param.copy_(value)
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in
+                                   self._parameters)
+
+    # ------------------------------------------------------------ compute
+    def forward(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids [B, T] int64 -> logits [B, T, V] float32 (positions [T] or [B, T], default 0..T-1).
+
+        With labels [B, T] (the token each row predicts, -100 where nothing is
+        scored) it returns the paper's loss instead: cross-entropy over the
+        labelled rows only, the head applied to those rows alone, marking
+        tokens excluded from the softmax."""
+        if labels is None:
+            return self._core.forward(input_ids, positions)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+        h = self._core.hidden_states(input_ids, positions)   # [B, T, C]
+        rows = labels != IGNORE_INDEX                          # [B, T]
+        if not bool(rows.any()):
+            raise ValueError("no labelled row in the batch: nothing to train on")
+        logits = self._core.logits(h[rows])                    # [N, V]
+        return target_loss(logits, labels[rows], self.mark_left if self.mark_left >= 0 else None)
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The final-normed hidden states [B, T, C]; `logits(h)` applies the head to any subset of rows."""
+        return self._core.hidden_states(input_ids, positions)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., C] -> logits [..., V] float32."""
+        return self._core.logits(hidden)
+
+    # ------------------------------------------------------------ modes and conversion
+    def train(self, mode: bool = True) -> "LlamaForCausalLM":
+        super().train(mode)
+        self._core.train(mode)
+        return self
+
+    def to(self, *args, **kwargs) -> "LlamaForCausalLM":
+        """Device and dtype conversion in the C++ model (keeps the rotary tables in
+        fp32 and the parameters the same objects). Supports float32, bfloat16 and,
+        where this LibTorch computes in it, float16."""
+        device, dtype, _non_blocking, _fmt = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and dtype not in _DTYPE_NAMES:
+            raise TypeError(f"flashback models compute in float32, bfloat16 or float16, not {dtype}")
+        self._core.to(str(device) if device is not None else "", _DTYPE_NAMES[dtype] if dtype is not None else "")
+        self._sync_parameters()
+        return self
+
+    def float(self) -> "LlamaForCausalLM":
+        return self.to(torch.float32)
+
+    def bfloat16(self) -> "LlamaForCausalLM":
+        return self.to(torch.bfloat16)
+
+    def half(self) -> "LlamaForCausalLM":
+        return self.to(torch.float16)
+
+    def cpu(self) -> "LlamaForCausalLM":
+        return self.to("cpu")
+
+    def cuda(self, device: Optional[Union[int, torch.device]] = None) -> "LlamaForCausalLM":
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else (device or "cuda"))
+
+    def _apply(self, fn):  # anything else would convert tensors behind the C++ model's back
+        raise NotImplementedError("convert a flashback model with .to(dtype/device), .float(), .bfloat16(), .cuda()")
+
+    # ------------------------------------------------------------ adapters
+    def add_adapter(self, config: Optional[LoraConfig] = None, *, trainable_only: bool = True) -> "LlamaForCausalLM":
+        """Wraps the target projections in LoRA (A Kaiming-uniform, B zero: a no-op
+        until trained) and adds the trainable token rows (by default the two marks).
+        trainable_only: freeze everything else (what FlashBack trains)."""
+        c = config or LoraConfig()
+        tokens = c.trainable_token_indices
+        if tokens is None:
+            tokens = list(self.marks) if self.marks else []
+        self._core.add_lora(int(c.r), float(c.lora_alpha), float(c.lora_dropout), list(c.target_modules),
+                            [int(t) for t in tokens])
+        self._core.train(self.training)
+        if trainable_only:
+            self._core.mark_only_adapter_trainable()
+        self._sync_parameters()
+        return self
+
+    @property
+    def has_adapter(self) -> bool:
+        return self._core.has_adapter
+
+    @property
+    def adapter_config(self) -> LoraConfig:
+        d = self._core.adapter_config()
+        return LoraConfig(d["r"], d["lora_alpha"], d["lora_dropout"], tuple(d["target_modules"]),
+                          list(d["trainable_token_indices"]))
+
+    def mark_only_adapter_trainable(self) -> None:
+        """requires_grad only on LoRA A/B and the token rows."""
+        self._core.mark_only_adapter_trainable()
+
+    def adapter_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        for name, p in self.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name or name.endswith("trainable_tokens_delta"):
+                yield name, p
+
+    def merge_adapter(self) -> None:
+        """W += (alpha/r) B A and the token rows into the embedding (inference speed)."""
+        self._core.merge_adapter()
+
+    def unmerge_adapter(self) -> None:
+        self._core.unmerge_adapter()
+
+    def merge_and_unload(self) -> "LlamaForCausalLM":
+        """Folds the adapter into the weights for good and removes it."""
+        self._core.merge_and_unload()
+        self._sync_parameters()
+        return self
+
+    def enable_adapter(self) -> None:
+        self._core.set_adapter_enabled(True)
+
+    def disable_adapter(self) -> None:
+        self._core.set_adapter_enabled(False)
+
+    @contextlib.contextmanager
+    def adapter_disabled(self):
+        """with model.adapter_disabled(): ...  runs the base model."""
+        self.disable_adapter()
+        try:
+            yield self
+        finally:
+            self.enable_adapter()
+
+    def save_adapter(self, path: Union[str, Path]) -> None:
+        """Writes adapter_config.json + adapter_model.safetensors (PEFT's names)
+        atomically: the directory is replaced as a whole."""
+        self._core.save_adapter(str(path), self.name_or_path)
+
+    def load_adapter(self, path: Union[str, Path], merge: bool = False, trainable: bool = False) -> None:
+        """Adds the PEFT adapter saved at `path` (the model must have none)."""
+        self._core.load_adapter(str(path), merge)
+        self._core.train(self.training)
+        if trainable:
+            self._core.mark_only_adapter_trainable()
+        else:
+            for p in self._core.named_parameters():
+                p[1].requires_grad_(False)
+        self._sync_parameters()
+
+    def save_pretrained(self, path: Union[str, Path]) -> None:
+        """The whole model as an HF directory (config.json + model.safetensors [+ tokenizer.model])."""
+        if self.has_adapter:
+            raise ValueError("merge_and_unload() the adapter first, or save it with save_adapter()")
+        self._core.save_pretrained(str(path), self.tokenizer)
+
+    # ------------------------------------------------------------ text helpers
+    def encode(self, text: str, bos: bool = True) -> List[int]:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name_or_path or 'this model'} has no tokenizer")
+        return self.tokenizer.encode(text, bos, False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name_or_path or 'this model'} has no tokenizer")
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"hidden={c['hidden_size']}, layers={c['num_hidden_layers']}, heads={c['num_attention_heads']}, "
+                f"kv_heads={c['num_key_value_heads']}, vocab={c['vocab_size']}, dtype={self._core.dtype}, "
+                f"adapter={self.has_adapter}")

@@ -1,0 +1,302 @@
+"""The installed Python package: the nn.Module over the C++ model, LoRA and the
+mark rows under autograd and torch.optim, PEFT adapters, contexts, errors.
+Runs in the venv the README's test command makes (flashback pip-installed)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import flashback
+from flashback import LlamaForCausalLM, LoraConfig
+from flashback.data import IGNORE_INDEX
+
+from fbtest import SHARED
+
+STORIES = SHARED / "models/stories260K/stories260K.bin"
+FIXTURES = SHARED / "models/hf-fixtures"
+
+
+def tiny(seed=0, vocab=61, tied=False):
+    return LlamaForCausalLM.from_config({
+        "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 70, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": tied}, seed=seed)
+
+
+def perturb(model, scale=0.1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.adapter_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize("order", ["import flashback, torch", "import torch, flashback",
+                                   "import sentencepiece, flashback", "import flashback, sentencepiece, torch"])
+def test_import_in_any_order(order):
+    code = f"{order}; m = flashback.LlamaForCausalLM.from_pretrained({str(STORIES)!r}); print(m.vocab_size)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "512"
+
+
+def test_parameters_are_the_cpp_tensors():
+    m = LlamaForCausalLM.from_pretrained(STORIES)
+    names = [n for n, _ in m.named_parameters()]
+    assert names[0] == "model.embed_tokens.weight" and "model.layers.4.mlp.down_proj.weight" in names
+    for (n, p), (cn, ct) in zip(m.named_parameters(), m.core.named_parameters()):
+        assert n == cn and p is ct and isinstance(p, torch.nn.Parameter)
+        assert p.data_ptr() == ct.data_ptr()
+    # A change made from Python is what the C++ forward computes with.
+    x = torch.randint(0, 512, (1, 12))
+    before = m(x)
+    with torch.no_grad():
+        m.get_parameter("model.norm.weight").mul_(2)
+    assert (m(x) - before).abs().max() > 1e-3
+    # state_dict has HF's names and loads back.
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    assert set(sd) == set(names)
+    with torch.no_grad():
+        m.get_parameter("model.norm.weight").zero_()
+    m.load_state_dict(sd)
+    assert torch.equal(m(x), m(x)) and (m(x) - before).abs().max() > 1e-3
+
+
+def test_to_dtype_keeps_parameters_and_agrees():
+    m = tiny()
+    x = torch.randint(0, 61, (2, 9))
+    ref = m(x)
+    p0 = m.get_parameter("model.layers.0.self_attn.q_proj.weight")
+    m.to(torch.bfloat16)
+    assert m.dtype == torch.bfloat16 and p0.dtype == torch.bfloat16
+    assert m.get_parameter("model.layers.0.self_attn.q_proj.weight") is p0
+    assert (m(x) - ref).abs().max() < 0.1
+    m.float()
+    assert m.dtype == torch.float32
+    with pytest.raises(NotImplementedError):
+        m.double()
+
+
+def test_peft_fixture_from_python():
+    ref = _load_reference(FIXTURES / "tiny-llama-gqa-marks-lora.reference.safetensors")
+    for merge in (False, True):
+        m = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama-gqa-marks",
+                                             adapter=FIXTURES / "tiny-llama-gqa-marks-lora", merge_adapter=merge)
+        m.eval()
+        with torch.no_grad():
+            diff = (m(ref["input_ids"]) - ref["logits"]).abs().max().item()
+        assert diff < 1e-4, (merge, diff)
+    cfg = flashback.read_adapter_config(FIXTURES / "tiny-llama-gqa-marks-lora")
+    assert cfg.r == 8 and cfg.lora_alpha == 16 and list(cfg.trainable_token_indices) == [512, 513]
+
+
+def _load_reference(path):
+    # The reference file through the C++ reader, via a model-free route: the
+    # adapter loader's safetensors reader is not exposed, so parse here.
+    import struct
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        dt = {"F32": torch.float32, "I64": torch.int64}[v["dtype"]]
+        out[k] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=dt).reshape(v["shape"])
+    return out
+
+
+def test_fresh_adapter_is_noop_and_merge_agrees():
+    m = tiny(vocab=61)
+    m.eval()
+    x = torch.randint(0, 61, (2, 15))
+    base = m(x).detach()
+    m.add_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=flashback.modeling.LORA_TARGETS,
+                             trainable_token_indices=[59, 60]))
+    assert torch.equal(m(x), base)
+    perturb(m)
+    unmerged = m(x).detach()
+    assert (unmerged - base).abs().max() > 1e-3
+    m.merge_adapter()
+    assert (m(x) - unmerged).abs().max() < 1e-5
+    m.unmerge_adapter()
+    assert (m(x) - unmerged).abs().max() < 1e-5
+    with m.adapter_disabled():
+        assert (m(x) - base).abs().max() < 1e-5
+
+
+def test_gradients_reach_exactly_the_adapter():
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    assert m.marks == (512, 513)
+    m.add_adapter(LoraConfig())  # paper defaults: r 16, alpha 32, dropout 0.05, q/k/v/o, the two marks
+    m.train()
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    expected = {f"model.layers.{l}.self_attn.{proj}.lora_{ab}.weight" for l in range(5)
+                for proj in ("q_proj", "k_proj", "v_proj", "o_proj") for ab in "AB"}
+    expected.add("model.embed_tokens.token_adapter.trainable_tokens_delta")
+    assert trainable == expected
+    ids = torch.tensor([[1] + list(range(20, 40)) + [512] + list(range(50, 70)) + [513] + list(range(80, 96))])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, -17:-1] = ids[0, -16:]
+    loss = m(ids, labels=labels)
+    loss.backward()
+    for n, p in m.named_parameters():
+        if n in expected:
+            assert p.grad is not None, n
+            if ".lora_A." not in n:  # A's gradient is zero while B is zero
+                assert p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+    # Both mark rows got a gradient: they are in the input.
+    delta = m.get_parameter("model.embed_tokens.token_adapter.trainable_tokens_delta")
+    assert (delta.grad.abs().sum(1) > 0).all()
+
+
+def test_numerical_gradient_check():
+    torch.manual_seed(0)
+    m = tiny(vocab=61)
+    m.add_adapter(LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=("q_proj", "v_proj", "down_proj"),
+                             trainable_token_indices=[59, 60]))
+    perturb(m, 0.3)
+    m.eval()
+    ids = torch.tensor([[1, 5, 59, 7, 9, 60, 11, 3, 4, 8]])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 5:9] = ids[0, 6:10]
+    m.mark_left = 59
+
+    def f():
+        return m(ids, labels=labels).double()
+
+    loss = f()
+    loss.backward()
+    checked = 0
+    for name, p in m.adapter_parameters():
+        flat, grad = p.data.view(-1), p.grad.view(-1)
+        for i in torch.topk(grad.abs(), 3).indices.tolist():  # the coordinates that matter most
+            old = flat[i].item()
+            eps = 1e-2 * max(1.0, abs(old))
+            with torch.no_grad():
+                flat[i] = old + eps
+                up = f().item()
+                flat[i] = old - eps
+                down = f().item()
+                flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert numeric == pytest.approx(grad[i].item(), rel=2e-2, abs=1e-4), (name, i)
+            checked += 1
+    assert checked == 3 * (2 * 3 * 2 + 1)
+
+
+def test_adamw_leaves_frozen_rows_bit_identical():
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    frozen = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m.add_adapter(LoraConfig(r=4, lora_alpha=8))
+    m.train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
+    ids = torch.tensor([[1] + list(range(20, 60)) + [512] + list(range(100, 130)) + [513] + list(range(200, 216))])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, -17:-1] = ids[0, -16:]
+    delta0 = m.get_parameter("model.embed_tokens.token_adapter.trainable_tokens_delta").detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        m(ids, labels=labels).backward()
+        opt.step()
+    for n, p in m.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n  # every embedding and head row, every base weight
+    delta = m.get_parameter("model.embed_tokens.token_adapter.trainable_tokens_delta")
+    assert not torch.equal(delta, delta0)
+    # Merged, the mark rows land in the embedding; the other rows stay as they were.
+    m.merge_adapter()
+    emb = m.get_parameter("model.embed_tokens.weight")
+    assert torch.equal(emb[:512], frozen["model.embed_tokens.weight"][:512])
+    assert torch.equal(emb[512:], delta.detach())
+
+
+def test_loss_excludes_marks_and_scores_targets_only():
+    logits = torch.randn(2, 5, 10)
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 3], labels[1, 4] = 4, 7
+    got = flashback.target_loss(logits, labels, mark_left=8)
+    want = torch.nn.functional.cross_entropy(torch.stack([logits[0, 3, :8], logits[1, 4, :8]]), torch.tensor([4, 7]))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    labels[0, 0] = 9
+    with pytest.raises(ValueError, match="marking token"):
+        flashback.target_loss(logits, labels, mark_left=8)
+
+
+def test_context_layout_matches_training_layout(tmp_path):
+    from flashback.data import DataConfig, build_examples
+
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    doc = m.encode("The cat sat on the mat. It was a sunny day.", bos=False)
+
+    class OneDoc:
+        def retrieve(self, q, k):
+            return [{"document": "The cat sat on the mat. It was a sunny day."}]
+
+    stream = m.encode("Once upon a time there was a little girl named Lily. She loved to play outside in the park "
+                      "with her friends and her dog. One day she found a shiny stone under a big tree.", bos=False)
+    assert len(stream) >= 56
+    for layout in ("append", "prepend"):
+        cfg = DataConfig(layout=layout, max_length=1 + 40 + len(doc) + 2 + 16, min_context=40, query_tokens=8,
+                         doc_tokens=len(doc))
+        ex = build_examples(stream, m.tokenizer, OneDoc(), cfg, mark_left=m.mark_left)[0]
+        ctx = flashback.Context(m, layout, reserve=16)
+        ctx.reset([1] + stream[:40])  # room for exactly 40 context tokens: the first 40
+        ctx.place([doc])
+        ctx.append(ex.input_ids[-16:], all_rows=True)
+        assert ctx.layout() == ex.input_ids, layout
+        assert ex.labels[-17:-1] == ex.input_ids[-16:] and set(ex.labels[:-17] + ex.labels[-1:]) == {IGNORE_INDEX}
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(flashback.FormatError, match="nowhere"):
+        LlamaForCausalLM.from_pretrained(tmp_path / "nowhere")
+    # an adapter with marks on a vocabulary without them
+    base = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama-gqa")
+    with pytest.raises(flashback.FormatError, match="adapter_config.json: trainable token 512 is outside"):
+        base.load_adapter(FIXTURES / "tiny-llama-gqa-marks-lora")
+    # an adapter for another architecture
+    other = tiny(vocab=600)
+    with pytest.raises(flashback.FormatError, match="another architecture"):
+        other.load_adapter(FIXTURES / "tiny-llama-gqa-marks-lora")
+    # a rank that disagrees with the tensors
+    m = tiny()
+    m.add_adapter(LoraConfig(r=4, lora_alpha=8, trainable_token_indices=[]))
+    m.save_adapter(tmp_path / "a")
+    cfg = json.loads((tmp_path / "a/adapter_config.json").read_text())
+    cfg["r"] = 8
+    (tmp_path / "a/adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(flashback.FormatError, match="adapter_model.safetensors.*shape"):
+        tiny().load_adapter(tmp_path / "a")
+    # marks asked of a model without them; a token outside the vocabulary
+    with pytest.raises(ValueError, match="marking tokens"):
+        flashback.Context(tiny(), "append", marks=True)
+    with pytest.raises(flashback.InvalidArgument, match="outside the vocabulary"):
+        tiny()(torch.tensor([[70]]))
+    with pytest.raises(flashback.InvalidArgument, match="rank"):
+        tiny().add_adapter(LoraConfig(r=0))
+
+
+def test_generate_and_evaluate_from_python(tmp_path):
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The little dog ran to the park and played with a red ball.\n\n"
+                      "Tom and Sue baked a big cake for their mom.\n\n" * 3)
+    n = flashback.build_bm25_index(corpus, tmp_path / "index", m.tokenizer, "paragraphs", 64)
+    assert n == 6
+    ret = flashback.open_index(tmp_path / "index")
+    hits = ret.retrieve("a dog and a red ball", 1)
+    assert "dog" in hits[0]["text"]
+    ids, stats = flashback.generate(m, ret, "Once upon a time, a little dog", 24, mode="append")
+    assert len(ids) == 24 and stats["retrievals"] >= 1
+    ids2, _ = flashback.generate(m, ret, "Once upon a time, a little dog", 24, mode="append", kv_reuse=False)
+    assert ids == ids2
+    text = "Tom had a dog. The dog liked to run in the park with a ball. Tom and the dog were friends."
+    a = flashback.evaluate(m, ret, text, mode="append")
+    b = flashback.evaluate(m, ret, text, mode="append", kv_reuse=False)
+    assert a["tokens"] == b["tokens"] > 0 and abs(a["nll"] - b["nll"]) < 1e-5 * a["tokens"]
