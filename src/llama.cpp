@@ -243,6 +243,14 @@ at::Tensor LlamaModelImpl::hidden_states(const at::Tensor& tokens, const at::Ten
 at::Tensor LlamaModelImpl::logits(const at::Tensor& hidden) {
   at::Tensor out = config_.tie_word_embeddings ? flashback::linear(hidden, model->embed_tokens_weight)
                                                : lm_head->forward(hidden);  // [..., V]
+  // A tied head reads the embedding, so trainable token rows (unmerged) are
+  // its rows too, as when merged (and as PEFT ties them).
+  const TokenAdapter& ta = model->token_adapter;
+  if (config_.tie_word_embeddings && ta && ta->enabled && !ta->merged) {
+    at::Tensor ids = at::tensor(ta->indices, at::kLong).to(out.device());                              // [K]
+    at::Tensor cols = flashback::linear(hidden, ta->trainable_tokens_delta.to(hidden.scalar_type()));  // [..., K]
+    out = out.index_copy(-1, ids, cols.to(out.scalar_type()));                                        // [..., V]
+  }
   return out.to(at::kFloat);
 }
 

@@ -70,7 +70,9 @@ TEST_CASE("PEFT fixture: LoRA + trainable token rows reproduce HF's logits", "[l
 }
 
 TEST_CASE("a fresh adapter is a no-op; merge and unmerge agree", "[lora]") {
-  LlamaModel m = random_model(1);
+  const bool tied = GENERATE(false, true);  // a tied head reads the adapted rows too
+  INFO("tied=" << tied);
+  LlamaModel m = random_model(1, tied);
   at::Tensor x = at::randint(0, 61, {2, 17}, at::kLong);
   x.index_put_({0, 3}, 59);
   x.index_put_({1, 8}, 60);

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -132,12 +132,13 @@ def evaluate_loss(model: LlamaForCausalLM, examples: Sequence[Example], batch_si
 
 def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_examples: Sequence[Example],
              cfg: TrainConfig, out_dir: Optional[os.PathLike] = None, *, lora: Optional[LoraConfig] = None,
-             resume: bool = True) -> Dict:
+             resume: bool = True, on_step: Optional[Callable[[Dict], None]] = None) -> Dict:
     """Trains the adapter of `model` (added with `lora` if the model has none)
     on `train_examples`. Writes out_dir/checkpoint (atomically, every save_every
     steps and at the end), out_dir/adapter (the final PEFT adapter) and
     out_dir/history.json. With resume and an existing checkpoint, training
-    continues from it exactly. Returns the history."""
+    continues from it exactly. on_step(record) is called after every step
+    (after its checkpoint). Returns the history."""
     rank, world = _rank_world()
     cfg.validate(world)
     if not train_examples:
@@ -145,6 +146,7 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint" if out is not None else None
     state = None
+    torch.manual_seed(cfg.seed)  # the same LoRA init on every rank and run
     if resume and ckpt is not None and (ckpt / "trainer_state.pt").exists():
         state = torch.load(ckpt / "trainer_state.pt")
         if state["config"]["batch_size"] != cfg.batch_size or state["config"]["seed"] != cfg.seed:
@@ -157,7 +159,7 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
     model.mark_only_adapter_trainable()
     model._sync_parameters()
 
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + 1 + rank)  # dropout masks differ between ranks
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
@@ -236,6 +238,8 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
                   (f" eval {rec['eval_loss']:.4f}" if "eval_loss" in rec else ""), file=sys.stderr, flush=True)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             save_checkpoint()
+        if on_step is not None:
+            on_step(rec)
     if bar is not None:
         bar.close()
     if out is not None and rank == 0:
