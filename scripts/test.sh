@@ -5,6 +5,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 "$root/scripts/build.sh" "$@"
 build=${FLASHBACK_BUILD_DIR:-$root/build}
+# The Python package, pip-installed into .venv as a user would (reuses the build).
+[ "${1:-}" = "--sanitize" ] || FLASHBACK_CMAKE_BUILD_DIR="$build" "$root/scripts/install_python.sh"
 if [ "${1:-}" = "--sanitize" ]; then
   build=${FLASHBACK_BUILD_DIR:-$root/build-asan}
   # LibTorch is not instrumented: its own allocations are not ours to report.

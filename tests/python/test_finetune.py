@@ -195,7 +195,12 @@ def test_round_trip_fresh_process_python_and_cli(data, tmp_path):
         out = subprocess.run([sys.executable, "-c", code.replace("MERGE", str(merge))], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         got = torch.load(tmp_path / "y.pt")
-        assert (got - want).abs().max() < 1e-5, merge
+        diff = (got - want).abs().max().item()
+        if not merge:
+            assert diff < 1e-5, diff  # the same adapter, the same computation
+        else:
+            # merging re-rounds W + (alpha/r) B A in fp32: ~1 ulp of the logits' scale
+            assert diff < 1e-5 * max(1.0, want.abs().max().item()), diff
 
     # The C++ CLI with --adapter scores text exactly as the in-memory Python model does.
     text = (data / "heldout.txt").read_text()[:600]
