@@ -43,9 +43,14 @@ class CMakeBuild(build_ext):
         dest = Path(self.get_ext_fullpath(ext.name))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(built, dest)
-        bindir = dest.parent / "bin"
-        bindir.mkdir(exist_ok=True)
-        shutil.copy2(build / "flashback", bindir / "flashback")
+        # The CLI goes next to the module; an editable install imports the
+        # package from the source tree, so it goes there as well.
+        targets = [dest.parent]
+        if getattr(self, "editable_mode", False) or self.inplace:
+            targets.append(ROOT / "python" / "flashback")
+        for pkg in targets:
+            (pkg / "bin").mkdir(exist_ok=True)
+            shutil.copy2(build / "flashback", pkg / "bin" / "flashback")
 
 
 setup(ext_modules=[CMakeExtension("flashback._C")], cmdclass={"build_ext": CMakeBuild})

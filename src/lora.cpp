@@ -11,6 +11,7 @@
 
 #include "flashback/checkpoint.hpp"
 #include "flashback/error.hpp"
+#include "flashback/formats/mapped_file.hpp"
 #include "flashback/io/atomic_file.hpp"
 #include "flashback/llama.hpp"
 
@@ -332,15 +333,7 @@ LoraConfig read_adapter_config(const std::string& dir) {
   if (!fs::exists(path)) throw FormatError(path, "missing (an adapter directory holds adapter_config.json)");
   nlohmann::json j;
   try {
-    std::string text;
-    {
-      FILE* f = std::fopen(path.c_str(), "rb");
-      if (!f) throw FormatError(path, "cannot open");
-      char buf[4096];
-      size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-      std::fclose(f);
-    }
+    const std::string text = read_file(path);
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path, std::string("not valid JSON: ") + e.what());

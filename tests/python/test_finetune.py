@@ -130,6 +130,18 @@ def test_resume_continues_exactly(data, tmp_path):
         assert torch.allclose(pa[n], pc[n], atol=1e-6, rtol=0), n
 
 
+def test_gradient_accumulation_matches_one_big_batch(data, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0)
+    runs = []
+    for accum in (1, 2):
+        m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+        finetune(m, examples(data, m), [], TrainConfig(steps=3, batch_size=4, grad_accum=accum, lr=3e-3,
+                 warmup_steps=1, eval_every=0, progress=False), None, lora=lora)
+        runs.append(_params(m))
+    for n in runs[0]:
+        assert torch.allclose(runs[0][n], runs[1][n], atol=1e-5, rtol=1e-4), n
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,3 +251,18 @@ def test_finetune_command_line(data, tmp_path):
                           str(tmp_path / "empty.txt"), "--index", str(data / "index"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "empty.txt: no training examples" in bad.stderr
+
+
+def test_cli_adapter_errors_are_one_line(data):
+    from fbtest import fails
+    idx = data / "index"
+    fails("eval", "--model", STORIES, "--index", idx, "--text", data / "heldout.txt", "--mode", "append",
+          "--adapter", SHARED / "models/hf-fixtures/tiny-llama-gqa-marks-lora",
+          contains=("adapter_model.safetensors", "another architecture"))
+    fails("eval", "--model", STORIES, "--index", idx, "--text", data / "heldout.txt", "--mode", "append",
+          "--adapter", data / "no-such-adapter", contains=("no-such-adapter",))
+    # an adapter whose token rows need the marks, on a model loaded without them
+    fails("eval", "--model", SHARED / "models/hf-fixtures/tiny-llama-gqa", "--mode", "none", "--text",
+          data / "heldout.txt", "--tokenizer", SHARED / "models/stories260K/tok512.model",
+          "--adapter", SHARED / "models/hf-fixtures/tiny-llama-gqa-marks-lora",
+          contains=("adapter_config.json", "outside the model's vocabulary"))

@@ -64,6 +64,18 @@ def test_parameters_are_the_cpp_tensors():
     assert torch.equal(m(x), m(x)) and (m(x) - before).abs().max() > 1e-3
 
 
+def test_every_checkpoint_format_loads_the_same_model(tmp_path):
+    x = torch.randint(0, 512, (1, 16))
+    ref = LlamaForCausalLM.from_pretrained(STORIES).eval()(x)
+    gguf = LlamaForCausalLM.from_pretrained(SHARED / "models/stories260K/stories260K.gguf").eval()
+    assert torch.equal(gguf(x), ref)
+    gguf.save_pretrained(tmp_path / "hf")
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(hf(x), ref) and hf.tokenizer is not None
+    sharded = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama-gqa-sharded")
+    assert sharded.config["num_key_value_heads"] == 2 and sharded.tokenizer is None
+
+
 def test_to_dtype_keeps_parameters_and_agrees():
     m = tiny()
     x = torch.randint(0, 61, (2, 9))
