@@ -25,17 +25,20 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         build = Path(os.environ.get("FLASHBACK_CMAKE_BUILD_DIR", ROOT / "build")).resolve()
         build.mkdir(parents=True, exist_ok=True)
-        args = ["-DFLASHBACK_BUILD_PYTHON=ON"]
         cache = build / "CMakeCache.txt"
-        if not cache.exists() or "Python_EXECUTABLE:" not in cache.read_text():
-            # (a configured build dir keeps its interpreter: a venv's python and
-            # the one it was made from share headers, and changing it rebuilds)
-            args += [f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release"]
-        if not cache.exists():
-            gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-            shared = os.environ.get("FLASHBACK_SHARED")
-            args += gen + ([f"-DFLASHBACK_SHARED_DIR={shared}"] if shared else [])
-        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *args], check=True)
+        text = cache.read_text() if cache.exists() else ""
+        # A build dir already configured for the extension is only built (the
+        # generator re-runs CMake itself when a CMakeLists changed); it keeps its
+        # interpreter: a venv's python and the one it was made from share headers.
+        if "FLASHBACK_BUILD_PYTHON:BOOL=ON" not in text:
+            args = ["-DFLASHBACK_BUILD_PYTHON=ON"]
+            if "Python_EXECUTABLE:" not in text:
+                args += [f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release"]
+            if not text:
+                gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+                shared = os.environ.get("FLASHBACK_SHARED")
+                args += gen + ([f"-DFLASHBACK_SHARED_DIR={shared}"] if shared else [])
+            subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *args], check=True)
         jobs = str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", str(build), "-j", jobs, "--target", "flashback_python", "flashback_cli"],
                        check=True)

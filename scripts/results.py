@@ -167,7 +167,7 @@ def write_markdown(rows, histories, args, n_corpus, n_passages, n_train, n_heldo
         "",
         f"Fine-tuning: LoRA r=16, alpha=32, dropout 0.05 on q/k/v/o; for append+marks also the two marking-token",
         f"rows (everything else frozen); AdamW lr {args.lr}, weight decay 0, {args.steps // 20} warmup steps then cosine,",
-        f"{args.steps} steps of {args.batch_size} examples (the same for both layouts), loss on the 16 target tokens only.",
+        f"{args.steps} steps of {args.batch_size} examples (the same for every fine-tuned row), loss on the 16 target tokens only.",
         "Training examples follow the paper's preparation: a random context length so that",
         "BOS + context + document block + target fits 512.",
         "",
@@ -200,7 +200,7 @@ def write_markdown(rows, histories, args, n_corpus, n_passages, n_train, n_heldo
         f"  The control, fine-tuned on the same targets without documents, reaches {nl:.2f}: prepend+LoRA is"
         f" {cmp(pl, nl)} it, append+marks+LoRA {cmp(al, nl)} it.",
         f"  At this budget FlashBack's layout has {'not ' if al > pl * 1.05 else ''}caught up with prepending;"
-        f" the held-out loss of the append run {trend(histories['append + marks + LoRA'])} (see the curves).",
+        f" the held-out loss of the append run {trend(histories['append + marks + LoRA'])}; see the curves.",
         f"* Re-encoding: appending re-encodes {by['append + marks']['tokens_reencoded']:,} tokens against"
         f" {by['prepend']['tokens_reencoded']:,} for prepending on the same text (model time"
         f" {by['append + marks']['model_seconds']:.0f} s vs {by['prepend']['model_seconds']:.0f} s): the input's",

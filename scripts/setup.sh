@@ -7,7 +7,7 @@ pkgs=(
   build-essential cmake ninja-build ccache
   libtorch-dev libopenblas0-openmp
   libeigen3-dev catch2 libcli11-dev nlohmann-json3-dev libxapian-dev
-  pybind11-dev python3-pybind11 python3-torch python3-numpy python3-venv python3-pip
+  pybind11-dev python3-pybind11 python3-dev python3-torch python3-numpy python3-venv python3-pip
   python3-setuptools python3-wheel-whl python3-sentencepiece python3-pytest
   python3-tqdm python3-matplotlib python3-nbconvert python3-nbclient python3-ipykernel
   clang libclang-rt-14-dev
