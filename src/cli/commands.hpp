@@ -15,5 +15,6 @@ void add_index(CLI::App& app);
 void add_retrieve(CLI::App& app);
 void add_ralm(CLI::App& app);
 void add_eval(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace flashback::cli

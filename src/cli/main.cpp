@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   flashback::cli::add_retrieve(app);
   flashback::cli::add_ralm(app);
   flashback::cli::add_eval(app);
+  flashback::cli::add_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
