@@ -4,6 +4,7 @@
 #include "flashback/checkpoint.hpp"
 #include "flashback/config.hpp"
 #include "flashback/context.hpp"
+#include "flashback/dtype.hpp"
 #include "flashback/error.hpp"
 #include "flashback/generate.hpp"
 #include "flashback/kv_cache.hpp"

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "flashback/flashback.hpp"
+#include "flashback/dtype.hpp"
 #include "flashback/lora.hpp"
 #include "flashback/retrieval/corpus.hpp"
 #include "flashback/retrieval/index.hpp"
@@ -45,14 +46,6 @@ void register_errors(py::module_& m) {
       PyErr_SetString(base.ptr(), e.what());
     }
   });
-}
-
-std::optional<at::ScalarType> parse_dtype(const std::string& s) {
-  if (s.empty() || s == "auto") return std::nullopt;
-  if (s == "fp32" || s == "float32" || s == "float") return at::kFloat;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16" || s == "half") return at::kHalf;
-  throw InvalidArgument("unknown dtype '" + s + "' (auto, float32, bfloat16, float16)");
 }
 
 // ---------------------------------------------------------------- loading
@@ -183,7 +176,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("set_num_threads", &init_threads, py::arg("n") = 0, "intra-op threads (0 = FLASHBACK_THREADS or all cores)");
   m.def("supports_dtype", [](const std::string& dtype, const std::string& device) {
-    return supports_dtype(*parse_dtype(dtype), at::Device(device));
+    return supports_dtype(parse_dtype(dtype).value_or(at::kFloat), at::Device(device));
   });
 
   // ---- tokenizer

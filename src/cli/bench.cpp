@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "flashback/dtype.hpp"
 #include "flashback/flashback.hpp"
 
 namespace flashback::cli {
@@ -51,13 +52,6 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-at::ScalarType parse_bench_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  throw InvalidArgument("unknown dtype '" + s + "' (fp32, bf16, fp16)");
 }
 
 // Random ids in [0, V - 2): never a mark.
@@ -121,7 +115,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   config.max_position_embeddings = std::max(config.max_position_embeddings, capacity);
   config.validate("--config");
   LlamaModelOptions mo;
-  mo.dtype = parse_bench_dtype(a.dtype);
+  mo.dtype = parse_dtype(a.dtype).value_or(at::kFloat);
   LlamaModel model(config, mo);
   model->init_random(a.seed);
   model->eval();

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "flashback/dtype.hpp"
 #include "flashback/flashback.hpp"
 
 namespace flashback::cli {
@@ -19,14 +20,6 @@ struct GenerateArgs {
   int threads = 0;
   bool json = false;
 };
-
-std::optional<at::ScalarType> parse_dtype(const std::string& s) {
-  if (s.empty() || s == "auto") return std::nullopt;
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  throw InvalidArgument("unknown dtype '" + s + "' (auto, fp32, bf16, fp16)");
-}
 
 void run(const GenerateArgs& a) {
   init_threads(a.threads);

@@ -1,4 +1,5 @@
 #include "ralm_common.hpp"
+#include "flashback/dtype.hpp"
 
 #include "flashback/lora.hpp"
 #include "flashback/retrieval/index.hpp"
@@ -30,16 +31,6 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--threads", a.threads, "intra-op threads (default: all cores)");
   cmd->add_flag("--json", a.json, "print JSON");
 }
-
-namespace {
-std::optional<at::ScalarType> parse_dtype(const std::string& s) {
-  if (s.empty() || s == "auto") return std::nullopt;
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  throw InvalidArgument("unknown dtype '" + s + "' (auto, fp32, bf16, fp16)");
-}
-}  // namespace
 
 RalmModel load_ralm_model(const RalmArgs& a) {
   init_threads(a.threads);
