@@ -9,6 +9,7 @@
 #include <string>
 
 #include "flashback/error.hpp"
+#include "flashback/kernels.hpp"
 
 namespace flashback {
 
@@ -18,6 +19,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps, const at::TensorOptions& optio
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  if (kernels::rms_norm_usable(x, weight)) return kernels::rms_norm(x, weight, eps);
   at::Tensor xf = x.to(at::kFloat);                                      // [..., C]
   at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);  // [..., 1]
   return weight * (xf * inv_rms).to(x.scalar_type());                   // [..., C]
@@ -45,6 +47,8 @@ at::Tensor rotate_half(const at::Tensor& x) {
 
 std::pair<at::Tensor, at::Tensor> apply_rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                                const at::Tensor& sin) {
+  if (kernels::rotary_usable(q, cos, sin) && kernels::rotary_usable(k, cos, sin))
+    return {kernels::rotary(q, cos, sin), kernels::rotary(k, cos, sin)};
   // cos/sin: [T, D] -> broadcast over [B, H]; [B, T, D] -> [B, 1, T, D].
   at::Tensor c = (cos.dim() == 3 ? cos.unsqueeze(1) : cos).to(q.scalar_type());
   at::Tensor s = (sin.dim() == 3 ? sin.unsqueeze(1) : sin).to(q.scalar_type());
@@ -52,24 +56,53 @@ std::pair<at::Tensor, at::Tensor> apply_rotary(const at::Tensor& q, const at::Te
 }
 
 // ---------------------------------------------------------------- attention
-at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+namespace {
+// Rows of queries per block: the scores of one block, [B, Hkv, G*Tb, S] in
+// fp32, stay under this many bytes, so a long prefill never holds a T x S
+// score matrix per head.
+constexpr int64_t kScoreBlockBytes = int64_t(32) << 20;
+
+// softmax(q k^T / sqrt(D) + causal mask) v for the queries of slots
+// [start, start + T). q: [B, H, T, D], k, v: [B, Hkv, S, D] -> [B, H, T, D].
+at::Tensor attention_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), G = H / Hkv;
   // Heads h = g_kv * G + g share KV head g_kv: fold the G query heads of a
   // group into the row dimension instead of repeating K and V.
-  at::Tensor qg = q.reshape({B, Hkv, G * T, D});                                  // [B, Hkv, G*T, D]
-  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)) / std::sqrt(double(D));  // [B, Hkv, G*T, S]
+  at::Tensor qg = q.reshape({B, Hkv, G * T, D}) * (1.0 / std::sqrt(double(D)));  // [B, Hkv, G*T, D]
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));                         // [B, Hkv, G*T, S]
   scores = scores.to(at::kFloat).view({B, Hkv, G, T, S});                          // [B, Hkv, G, T, S]
   if (T > 1 || start + T < S) {
     // Query at slot start + i may see key slots j <= start + i.
     auto idx = at::TensorOptions().dtype(at::kLong).device(q.device());
     at::Tensor qslot = at::arange(start, start + T, idx).unsqueeze(1);  // [T, 1]
     at::Tensor kslot = at::arange(S, idx).unsqueeze(0);                 // [1, S]
-    scores = scores.masked_fill(kslot > qslot, -std::numeric_limits<float>::infinity());
+    scores.masked_fill_(kslot > qslot, -std::numeric_limits<float>::infinity());
   }
-  at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());                   // [B, Hkv, G, T, S]
-  at::Tensor out = at::matmul(probs.view({B, Hkv, G * T, S}), v);                   // [B, Hkv, G*T, D]
-  return out.view({B, H, T, D});                                                    // [B, H, T, D]
+  at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());  // [B, Hkv, G, T, S]
+  at::Tensor out = at::matmul(probs.view({B, Hkv, G * T, S}), v);  // [B, Hkv, G*T, D]
+  return out.view({B, H, T, D});                                   // [B, H, T, D]
+}
+}  // namespace
+
+at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  const int64_t S = k.size(2);
+  // One new token (decode): the hand-written kernel reads each cached key and
+  // value once, in its storage dtype.
+  if (T == 1 && start + 1 == S && kernels::decode_attention_usable(q, k, v)) return kernels::decode_attention(q, k, v);
+  // LibTorch 1.13's CPU half/bf16 matmuls are far slower than fp32: compute in fp32.
+  if (q.is_cpu() && q.scalar_type() != at::kFloat)
+    return grouped_causal_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), start).to(q.scalar_type());
+  const int64_t rows = std::max<int64_t>(1, kScoreBlockBytes / (B * H * S * int64_t(sizeof(float))));
+  if (T <= rows) return attention_block(q, k, v, start);
+  // Long prefill: query blocks of `rows` slots; block i sees keys [0, start + t0 + Tb).
+  std::vector<at::Tensor> outs;
+  for (int64_t t0 = 0; t0 < T; t0 += rows) {
+    const int64_t tb = std::min(rows, T - t0), s = start + t0 + tb;
+    outs.push_back(attention_block(q.narrow(2, t0, tb), k.narrow(2, 0, s), v.narrow(2, 0, s), start + t0));
+  }
+  return at::cat(outs, 2);  // [B, H, T, D]
 }
 
 AttentionImpl::AttentionImpl(const LlamaConfig& c, const at::TensorOptions& options)
@@ -105,7 +138,12 @@ MLPImpl::MLPImpl(const LlamaConfig& c, const at::TensorOptions& options) {
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) {
-  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));  // [B, T, C]
+  at::Tensor gate = gate_proj->forward(x), up = up_proj->forward(x);  // [B, T, F]
+  // One row (decode): the fused gate saves two small ops; longer inputs keep
+  // LibTorch's vectorised silu.
+  if (gate.numel() == gate.size(-1) && kernels::silu_mul_usable(gate, up))
+    return down_proj->forward(kernels::silu_mul(gate, up));  // [B, T, C]
+  return down_proj->forward(at::silu(gate) * up);                                                 // [B, T, C]
 }
 
 // ---------------------------------------------------------------- block
@@ -225,6 +263,16 @@ void LlamaModelImpl::check_inputs(const at::Tensor& tokens, const at::Tensor& po
 at::Tensor LlamaModelImpl::hidden_states(const at::Tensor& tokens, const at::Tensor& positions, KVCacheStore* cache) {
   check_inputs(tokens, positions, cache);
   const int64_t T = tokens.size(1);
+  const int64_t chunk = options_.prefill_chunk;
+  if (cache && chunk > 0 && T > chunk) {
+    std::vector<at::Tensor> outs;
+    for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+      const int64_t n = std::min(chunk, T - t0);
+      outs.push_back(hidden_states(tokens.narrow(1, t0, n), positions.defined() ? positions.narrow(-1, t0, n) : positions,
+                                   cache));  // [B, n, C]
+    }
+    return at::cat(outs, 1);  // [B, T, C]
+  }
   const int64_t start = cache ? cache->size() : 0;
   at::Tensor pos = positions.defined()
                        ? positions.to(rope_.cos.device())

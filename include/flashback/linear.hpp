@@ -9,18 +9,26 @@
 
 #include <vector>
 
+#include "flashback/kernels.hpp"
+
 namespace flashback {
 
 // y = x W^T.   x: [..., in], W: [out, in] -> [..., out]
-// A single row (decode: B = T = 1) goes through a matrix-vector product,
-// which BLAS runs several times faster than a 1-row GEMM (fp32 on CPU, any
-// dtype on GPU; LibTorch 1.13's CPU bf16 gemv is slower than its GEMM).
+// One row (decode: B = T = 1) is a matrix-vector product: bf16 weights on an
+// AVX2 CPU go through the hand-written gemv (kernels.hpp; LibTorch's bf16
+// gemv runs at ~2% of the memory bandwidth), fp32 through BLAS gemv (as fast
+// as that kernel here, and several times faster than a 1-row GEMM).
+// Several rows on a CPU in bf16 run as an fp32 GEMM: LibTorch 1.13's CPU
+// bf16 GEMM is ~100x slower than its fp32 one without AVX-512 BF16.
 inline at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
+  if (w.scalar_type() == at::kBFloat16 && kernels::gemv_usable(w, x)) return kernels::gemv(w, x);
   if (x.numel() == x.size(-1) && (x.scalar_type() == at::kFloat || !x.is_cpu())) {
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = w.size(0);
     return at::mv(w, x.reshape({-1})).view(shape);
   }
+  if (x.is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16)
+    return at::linear(x.to(at::kFloat), w.to(at::kFloat)).to(at::kBFloat16);
   return at::linear(x, w);
 }
 

@@ -106,6 +106,11 @@ bool supports_dtype(at::ScalarType dtype, const at::Device& device);
 struct LlamaModelOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // A forward of more tokens than this into a KV cache runs in chunks of
+  // this many (each through all layers, attending to the cache): activations
+  // stay bounded by the chunk, results equal one pass up to fp32 rounding.
+  // 0: never chunk.
+  int64_t prefill_chunk = 512;
 };
 
 // HF's LlamaForCausalLM: "model" (the decoder) and "lm_head" (absent when the

@@ -21,6 +21,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "bench_common.hpp"
+#include "bench_subcommands.hpp"
 #include "commands.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/flashback.hpp"
@@ -29,7 +31,9 @@ namespace flashback::cli {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::median;
+using bench::since;
 
 struct BenchRalmArgs {
   std::string config = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
@@ -44,15 +48,8 @@ struct BenchRalmArgs {
 struct RunResult {
   double seconds = 0, retrieve = 0, reencode = 0, decode = 0;
   int64_t generated = 0, reencoded = 0, decoded = 0, retrievals = 0, first_place = 0;
+  int64_t rss_after_first_place = 0, rss_at_end = 0;  // bytes
 };
-
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Random ids in [0, V - 2): never a mark.
 std::vector<int64_t> random_ids(int64_t n, int64_t vocab, at::Generator& gen) {
@@ -75,6 +72,7 @@ RunResult run_mode(Context& ctx, const BenchRalmArgs& a, int64_t vocab, uint64_t
       std::vector<std::vector<int64_t>> docs = {random_ids(a.doc, vocab, gen)};
       r.retrieve += since(tr);
       logits = ctx.place(docs);
+      if (i == 0) r.rss_after_first_place = bench::rss_bytes();
     }
     const int64_t next = ctx.marks().strip(logits).argmax().template item<int64_t>();
     ++r.generated;
@@ -82,6 +80,7 @@ RunResult run_mode(Context& ctx, const BenchRalmArgs& a, int64_t vocab, uint64_t
     logits = ctx.append({next}).select(0, 0);
   }
   r.seconds = since(t0);
+  r.rss_at_end = bench::rss_bytes();
   const ContextStats& s = ctx.stats();
   r.reencode = s.reencode_seconds;
   r.decode = s.decode_seconds;
@@ -108,6 +107,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   }
   if (modes.empty()) throw InvalidArgument("--modes is empty");
   const int threads = init_threads(a.threads);
+  const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
 
   LlamaConfig config = LlamaConfig::from_spec(a.config);
   // The layout holds at most total + 2 (marks) positions; the window never slides.
@@ -122,6 +122,8 @@ void bench_ralm(const BenchRalmArgs& a) {
   const int64_t V = config.vocab_size;
   KVCacheStore cache = model->make_cache(1, capacity);
   const MarkingToken marks(V);  // the last two ids play the marks
+  int64_t weight_bytes = 0;
+  for (const auto& p : model->parameters()) weight_bytes += int64_t(p.nbytes());
 
   std::map<std::string, std::vector<RunResult>> runs;
   for (int rep = 0; rep < a.repeats; ++rep) {
@@ -191,8 +193,22 @@ void bench_ralm(const BenchRalmArgs& a) {
     e["decode_seconds"] = decode;
     e["other_seconds"] = other;
     e["model_share"] = secs > 0 ? (reencode + decode) / secs : 0.0;
+    // Growth of the resident set from the first retrieval to the end of
+    // generation (largest over repeats): the cache is preallocated, so
+    // nothing should grow with the tokens.
+    int64_t growth = 0;
+    for (const auto& r : rs) growth = std::max(growth, r.rss_at_end - r.rss_after_first_place);
+    e["rss_growth_during_generation_bytes"] = growth;
     j["modes"].push_back(e);
   }
+  const int64_t peak = bench::peak_rss_bytes();
+  j["memory"] = {{"weights_bytes", weight_bytes},
+                 {"kv_cache_bytes", cache.bytes_allocated()},
+                 {"process_before_model_bytes", rss_start},
+                 {"peak_rss_bytes", peak},
+                 {"peak_over_weights_and_cache", double(peak) / double(weight_bytes + cache.bytes_allocated())},
+                 {"peak_minus_process_over_weights_and_cache",
+                  double(peak - rss_start) / double(weight_bytes + cache.bytes_allocated())}};
   if (med.count("append") && med.count("prepend") && med["append"] > 0)
     j["speedup_append_over_prepend"] = med["prepend"] / med["append"];
 
@@ -214,6 +230,9 @@ void bench_ralm(const BenchRalmArgs& a) {
                 100.0 * e["model_share"].get<double>());
   if (j.contains("speedup_append_over_prepend"))
     std::printf("speedup append/prepend: %.2fx\n", j["speedup_append_over_prepend"].get<double>());
+  std::printf("memory: weights %.1f MB + KV cache %.1f MB; peak RSS %.1f MB (%.1f MB before the model) = %.3fx weights + cache\n",
+              weight_bytes / 1e6, cache.bytes_allocated() / 1e6, peak / 1e6, rss_start / 1e6,
+              j["memory"]["peak_over_weights_and_cache"].get<double>());
 }
 
 }  // namespace
@@ -237,6 +256,10 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "weights and token ids");
   cmd->add_flag("--json", a->json, "print JSON");
   cmd->callback([a] { bench_ralm(*a); });
+  add_bench_model(*bench);
+#ifdef FLASHBACK_WITH_RETRIEVAL
+  add_bench_retrieve(*bench);
+#endif
 }
 
 }  // namespace flashback::cli

@@ -1,10 +1,13 @@
 """`flashback bench ralm`: the paper's runtime test on random weights. Checks
 the accounting (what each mode re-encodes follows from the layout), the JSON
-contract and bad arguments; speed itself is measured by benchmarks/, not here."""
+contract and bad arguments; then smoke runs of bench prefill/decode/retrieve
+and of benchmarks/standard.py on a tiny config. Speed itself is measured by
+benchmarks/standard.py, never asserted here."""
 
 import json
 
-from fbtest import fails, run
+import pytest
+from fbtest import REPO, SHARED, fails, find_cli, run
 
 SMALL = "hidden=32,layers=2,heads=4,kv_heads=2,ffn=64,vocab=300"
 
@@ -38,3 +41,79 @@ def test_bench_ralm_bad_arguments():
           contains=("sideways",))
     fails("bench", "ralm", "--config", "hidden=32,layers=x", contains=("layers",))
     fails("bench", "ralm", "--config", SMALL, "--dtype", "int8", "--init", 10, "--total", 200, contains=("int8",))
+
+
+def test_bench_ralm_reports_memory():
+    j = json.loads(run("bench", "ralm", "--config", SMALL, "--init", 40, "--total", 120, "--doc", 16, "--json",
+                       "--threads", 1).stdout)
+    mem = j["memory"]
+    cache_bytes = 2 * 2 * (120 + 2 + 16) * 16 * 4  # K and V, 2 layers, capacity total + 2 + stride, kv_dim 16, fp32
+    assert mem["kv_cache_bytes"] == cache_bytes
+    assert mem["weights_bytes"] == j["parameters"] * 4
+    assert mem["peak_rss_bytes"] >= mem["process_before_model_bytes"] > 0
+    assert mem["peak_over_weights_and_cache"] > 0
+    for m in j["modes"]:
+        assert isinstance(m["rss_growth_during_generation_bytes"], int)
+
+
+def test_bench_prefill_and_decode_smoke():
+    p = json.loads(run("bench", "prefill", "--config", SMALL, "--tokens", 24, "--repeats", 1, "--json",
+                       "--threads", 1).stdout)
+    assert p["bench"] == "prefill" and p["tokens"] == 24 and p["seconds"] > 0
+    assert p["tokens_per_s"] == 24 / p["seconds"] and p["gemm_gflops_fp32"] > 0 and p["fraction_of_gemm"] > 0
+    for dtype in ("fp32", "bf16"):
+        d = json.loads(run("bench", "decode", "--config", SMALL, "--dtype", dtype, "--context", 20, "--tokens", 4,
+                           "--repeats", 1, "--baseline", "--json", "--threads", 1).stdout)
+        assert d["bench"] == "decode" and d["dtype"] == dtype and d["context"] == 20
+        elem = 4 if dtype == "fp32" else 2
+        # every weight but the embedding table, plus K and V at the middle step's context (20 + 4 / 2)
+        matmul_params = d["parameters"] - 300 * 32
+        assert d["bytes_read_per_token"] == (matmul_params + 2 * 2 * 16 * 22) * elem
+        assert d["read_bandwidth_gbs"] > 0 and d["floor_tokens_per_s"] > 0
+        assert abs(d["fraction_of_floor"] - d["tokens_per_s"] / d["floor_tokens_per_s"]) < 1e-9
+        assert d["libtorch_only"]["tokens_per_s"] > 0 and d["speedup_over_libtorch"] > 0
+    fails("bench", "decode", "--config", SMALL, "--dtype", "int8", contains=("int8",))
+    fails("bench", "prefill", "--config", "hidden=32,heads=5", contains=("num_attention_heads (5)",))
+
+
+def test_bench_retrieve_smoke(tmp_path):
+    if run("bench", "retrieve", "--help", check=False).returncode != 0:
+        pytest.skip("built without retrieval")
+    tok = SHARED / "models/stories260K/tok512.model"
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"Story {i}: the cat saw a dog number {i} near the red house and they played."
+                                for i in range(50)) + "\n")
+    index = tmp_path / "index"
+    run("index", "--corpus", text, "--format", "paragraphs", "--tokenizer", tok, "--out", index)
+    j = json.loads(run("bench", "retrieve", "--index", index, "--text", text, "--queries", 30, "--query-words", 6,
+                       "--json").stdout)
+    assert j["bench"] == "retrieve" and j["queries"] == 30 and j["passages"] == 50 and j["answered"] == 30
+    assert 0 < j["median_ms"] <= j["p90_ms"] <= j["max_ms"]
+    fails("bench", "retrieve", "--index", tmp_path / "nope", "--text", text, contains=("nope",))
+    fails("bench", "retrieve", "--index", index, "--text", tmp_path / "missing.txt", contains=("missing.txt",))
+
+
+def test_standard_script_quick(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = REPO / "benchmarks/standard.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1", "--flashback", str(find_cli()),
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FLASHBACK_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "bench/standard.json").read_text())
+    assert [d["dtype"] for d in res["decode"]] == ["fp32", "bf16"]
+    assert [(r["init"], r["total"]) for r in res["ralm"]] == [(48, 160), (96, 256)]
+    assert (tmp_path / "performance.png").stat().st_size > 1000
+    md = (tmp_path / "performance.md").read_text()
+    assert "<!-- standard:begin -->" in md and "<!-- standard:end -->" in md
+    for r in res["ralm"]:
+        assert f"**{r['speedup_append_over_prepend']:.2f}x**" in md
+    # Re-rendering keeps one generated block and the text around it.
+    (tmp_path / "performance.md").write_text("# Title\n\nprose before\n\n" + md[md.index("<!-- standard:begin"):] + "\nprose after\n")
+    subprocess.run([sys.executable, str(script), "--from-json", str(tmp_path / "bench/standard.json"), "--out",
+                    str(tmp_path)], check=True, capture_output=True)
+    md2 = (tmp_path / "performance.md").read_text()
+    assert md2.count("<!-- standard:begin -->") == 1 and "prose before" in md2 and "prose after" in md2

@@ -1,0 +1,41 @@
+// Small helpers shared by the bench subcommands: timing, medians, memory.
+#pragma once
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <vector>
+
+namespace flashback::cli::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Resident set size now, from /proc/self/statm (0 where unavailable).
+inline int64_t rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  int64_t pages_total = 0, pages_resident = 0;
+  if (!(f >> pages_total >> pages_resident)) return 0;
+  return pages_resident * int64_t(::sysconf(_SC_PAGESIZE));
+}
+
+// The process's peak resident set size so far.
+inline int64_t peak_rss_bytes() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+}  // namespace flashback::cli::bench

@@ -1,0 +1,273 @@
+// flashback bench prefill | decode: the decoder's throughput for a config
+// (random weights) next to this machine's limits, measured in the same run:
+//
+//   decode   tokens/s after a --context-token prefix, against the floor
+//            read bandwidth / bytes one step must read (every weight but the
+//            embedding table, plus the KV cache at that context); the
+//            bandwidth is the best of 10 reductions over 512 MiB.
+//   prefill  tokens/s of one --tokens-token forward into an empty cache (the
+//            head on the last row only, as the contexts do), as GFLOP/s of
+//            useful work (2 x matmul parameters per token + causal
+//            attention), against the best fp32 GEMM rate LibTorch reaches
+//            here (the model's own shapes and a 2048^3 product).
+//
+// --baseline also times LibTorch's own ops (hand-written kernels off) in
+// the same run.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "bench_common.hpp"
+#include "bench_subcommands.hpp"
+#include "flashback/dtype.hpp"
+#include "flashback/flashback.hpp"
+#include "flashback/kernels.hpp"
+
+namespace flashback::cli {
+
+namespace {
+using bench::Clock;
+using bench::median;
+using bench::since;
+
+struct BenchModelArgs {
+  std::string config = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
+  std::string dtype = "fp32";
+  int64_t tokens = 0;  // prefill length / decode steps (defaults per command)
+  int64_t context = 512;
+  int repeats = 3, threads = 0;
+  uint64_t seed = 0;
+  bool baseline = false, json = false;
+};
+
+// Memory read bandwidth in bytes/s: the best of 10 sums over 512 MiB.
+double read_bandwidth() {
+  at::Tensor buf = at::ones({int64_t(1) << 27}, at::kFloat);  // [128 Mi] fp32 = 512 MiB
+  (void)buf.sum().item<float>();
+  double best = 1e30;
+  for (int r = 0; r < 10; ++r) {
+    const auto t0 = Clock::now();
+    (void)buf.sum().item<float>();
+    best = std::min(best, since(t0));
+  }
+  return double(buf.nbytes()) / best;
+}
+
+// FLOP/s of one [T, C] x [C, F] product (best of 5).
+double gemm_flops(int64_t T, int64_t C, int64_t F, at::ScalarType dt) {
+  at::Tensor x = at::randn({T, C}).to(dt), w = at::randn({F, C}).to(dt);
+  (void)at::linear(x, w);
+  const int reps = dt == at::kFloat ? 5 : 1;
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    (void)at::linear(x, w);
+    best = std::min(best, since(t0));
+  }
+  return 2.0 * T * C * F / best;
+}
+
+struct Setup {
+  LlamaConfig config;
+  at::ScalarType dtype;
+  int threads;
+  std::unique_ptr<LlamaModel> model;
+};
+
+Setup setup(const BenchModelArgs& a, int64_t positions) {
+  Setup s;
+  s.threads = init_threads(a.threads);
+  s.config = LlamaConfig::from_spec(a.config);
+  s.config.max_position_embeddings = std::max(s.config.max_position_embeddings, positions);
+  s.config.validate("--config");
+  s.dtype = parse_dtype(a.dtype).value_or(at::kFloat);
+  LlamaModelOptions mo;
+  mo.dtype = s.dtype;
+  s.model = std::make_unique<LlamaModel>(s.config, mo);
+  (*s.model)->init_random(a.seed);
+  (*s.model)->eval();
+  return s;
+}
+
+// Parameters read by every token's matmuls (all but the embedding table; a
+// tied head reads the table once, as the head).
+int64_t matmul_params(const LlamaConfig& c) {
+  const int64_t embed = c.vocab_size * c.hidden_size;
+  return c.num_parameters() - (c.tie_word_embeddings ? 0 : embed);
+}
+
+nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
+  nlohmann::ordered_json j;
+  j["config"] = a.config;
+  j["parameters"] = s.config.num_parameters();
+  j["dtype"] = a.dtype;
+  j["threads"] = s.threads;
+  j["repeats"] = a.repeats;
+  j["kernels"] = kernels::enabled();
+  return j;
+}
+
+// ---------------------------------------------------------------- prefill
+double time_prefill(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats) {
+  c10::InferenceMode guard;
+  std::vector<double> v;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up
+    cache.clear();
+    const auto t0 = Clock::now();
+    at::Tensor h = m.hidden_states(prompt, {}, &cache);                               // [1, T, C]
+    (void)m.logits(h.select(1, prompt.size(1) - 1)).argmax().item<int64_t>();         // [V]
+    if (r > 0) v.push_back(since(t0));
+  }
+  return median(v);
+}
+
+void bench_prefill(BenchModelArgs a) {
+  if (a.tokens == 0) a.tokens = 512;
+  Setup s = setup(a, a.tokens);
+  LlamaModelImpl& m = **s.model;
+  const LlamaConfig& c = s.config;
+  KVCacheStore cache = m.make_cache(1, a.tokens);
+  at::Tensor prompt = at::randint(0, c.vocab_size, {1, a.tokens}, at::kLong);  // [1, T]
+  const double secs = time_prefill(m, cache, prompt, a.repeats);
+  double base_secs = 0;
+  if (a.baseline) {
+    kernels::set_enabled(false);
+    base_secs = time_prefill(m, cache, prompt, a.repeats);
+    kernels::set_enabled(true);
+  }
+  // Useful work: every matmul weight once per token, the head once (last
+  // row), causal attention (QK^T and PV over j <= i).
+  const double T = double(a.tokens);
+  const double head = double(c.vocab_size) * c.hidden_size;
+  const double flops = 2.0 * (double(matmul_params(c)) - head) * T + 2.0 * head +
+                       2.0 * c.num_hidden_layers * double(c.q_dim()) * T * (T + 1);
+  const double gemm32 = std::max({gemm_flops(a.tokens, c.hidden_size, c.intermediate_size, at::kFloat),
+                                  gemm_flops(a.tokens, c.intermediate_size, c.hidden_size, at::kFloat),
+                                  gemm_flops(a.tokens, c.hidden_size, c.q_dim(), at::kFloat),
+                                  gemm_flops(2048, 2048, 2048, at::kFloat)});
+  nlohmann::ordered_json j = header(a, s);
+  j["bench"] = "prefill";
+  j["tokens"] = a.tokens;
+  j["seconds"] = secs;
+  j["tokens_per_s"] = T / secs;
+  j["gflops"] = flops / secs / 1e9;
+  j["gemm_gflops_fp32"] = gemm32 / 1e9;
+  j["fraction_of_gemm"] = flops / secs / gemm32;
+  if (s.dtype != at::kFloat) {
+    // LibTorch's own GEMM in this dtype, for reference (the model runs its
+    // bf16 prefill matmuls as fp32 GEMMs on CPU).
+    const double g = gemm_flops(std::min<int64_t>(a.tokens, 256), c.hidden_size, c.intermediate_size, s.dtype);
+    j["gemm_gflops_libtorch_dtype"] = g / 1e9;
+  }
+  if (a.baseline) {
+    j["libtorch_only"] = {{"seconds", base_secs}, {"tokens_per_s", T / base_secs}, {"gflops", flops / base_secs / 1e9}};
+    j["speedup_over_libtorch"] = base_secs / secs;
+  }
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("bench prefill  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
+              (long long)c.num_parameters(), s.threads);
+  std::printf("prefill %lld tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s = %.0f%% of LibTorch's best fp32 GEMM here (%.1f GFLOP/s)\n",
+              (long long)a.tokens, secs, T / secs, flops / secs / 1e9, 100 * flops / secs / gemm32, gemm32 / 1e9);
+  if (a.baseline)
+    std::printf("LibTorch ops only: %.3f s (%.2fx)\n", base_secs, base_secs / secs);
+}
+
+// ---------------------------------------------------------------- decode
+double time_decode(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& ctx, int64_t steps, int repeats) {
+  c10::InferenceMode guard;
+  std::vector<double> v;
+  for (int r = 0; r <= repeats; ++r) {
+    cache.clear();
+    m.hidden_states(ctx, {}, &cache);
+    int64_t tok = 1;
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < steps; ++i) tok = decode_step(m, cache, tok).argmax().item<int64_t>();
+    if (r > 0) v.push_back(since(t0) / double(steps));
+  }
+  return median(v);
+}
+
+void bench_decode(BenchModelArgs a) {
+  if (a.tokens == 0) a.tokens = 32;
+  Setup s = setup(a, a.context + a.tokens);
+  LlamaModelImpl& m = **s.model;
+  const LlamaConfig& c = s.config;
+  KVCacheStore cache = m.make_cache(1, a.context + a.tokens);
+  at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
+  const double step = time_decode(m, cache, ctx, a.tokens, a.repeats);
+  double base_step = 0;
+  if (a.baseline) {
+    kernels::set_enabled(false);
+    base_step = time_decode(m, cache, ctx, a.tokens, a.repeats);
+    kernels::set_enabled(true);
+  }
+  const double elem = double(c10::elementSize(s.dtype));
+  const double weight_bytes = double(matmul_params(c)) * elem;
+  // The KV cache read by the middle step of the run.
+  const double kv_bytes = 2.0 * c.num_hidden_layers * c.kv_dim() * (a.context + a.tokens / 2.0) * elem;
+  const double bw = read_bandwidth();
+  const double floor = bw / (weight_bytes + kv_bytes);
+  nlohmann::ordered_json j = header(a, s);
+  j["bench"] = "decode";
+  j["context"] = a.context;
+  j["tokens"] = a.tokens;
+  j["seconds_per_token"] = step;
+  j["tokens_per_s"] = 1.0 / step;
+  j["bytes_read_per_token"] = weight_bytes + kv_bytes;
+  j["read_bandwidth_gbs"] = bw / 1e9;
+  j["floor_tokens_per_s"] = floor;
+  j["fraction_of_floor"] = (1.0 / step) / floor;
+  j["effective_gbs"] = (weight_bytes + kv_bytes) / step / 1e9;
+  if (a.baseline) {
+    j["libtorch_only"] = {{"seconds_per_token", base_step},
+                          {"tokens_per_s", 1.0 / base_step},
+                          {"fraction_of_floor", (1.0 / base_step) / floor}};
+    j["speedup_over_libtorch"] = base_step / step;
+  }
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("bench decode  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
+              (long long)c.num_parameters(), s.threads);
+  std::printf("decode at context %lld: %.2f tok/s; floor %.2f tok/s (%.1f MB per token at %.1f GB/s) -> %.0f%%\n",
+              (long long)a.context, 1.0 / step, floor, (weight_bytes + kv_bytes) / 1e6, bw / 1e9, 100 * (1.0 / step) / floor);
+  if (a.baseline)
+    std::printf("LibTorch ops only: %.2f tok/s (%.0f%% of the floor); the kernels are %.2fx faster\n", 1.0 / base_step,
+                100 * (1.0 / base_step) / floor, base_step / step);
+}
+
+void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
+  cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_option("--repeats", a->repeats, "timed runs after a warm-up (median reported)")->check(CLI::Range(1, 100));
+  cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  cmd->add_option("--seed", a->seed, "weights and token ids");
+  cmd->add_flag("--baseline", a->baseline, "also time LibTorch's own ops (hand-written kernels off)");
+  cmd->add_flag("--json", a->json, "print JSON");
+}
+}  // namespace
+
+void add_bench_model(CLI::App& bench) {
+  auto p = std::make_shared<BenchModelArgs>();
+  CLI::App* pre = bench.add_subcommand("prefill", "tokens/s of one prefill, against the GEMM rate LibTorch reaches here");
+  add_common(pre, p);
+  pre->add_option("--tokens", p->tokens, "prompt length (default 512)")->check(CLI::PositiveNumber);
+  pre->callback([p] { bench_prefill(*p); });
+
+  auto d = std::make_shared<BenchModelArgs>();
+  CLI::App* dec = bench.add_subcommand("decode", "tokens/s of decode steps, against the memory-bandwidth floor");
+  add_common(dec, d);
+  dec->add_option("--context", d->context, "tokens in the cache before decoding")->check(CLI::PositiveNumber);
+  dec->add_option("--tokens", d->tokens, "decode steps per run (default 32)")->check(CLI::PositiveNumber);
+  dec->callback([d] { bench_decode(*d); });
+}
+
+}  // namespace flashback::cli
