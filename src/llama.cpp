@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -57,10 +58,13 @@ std::pair<at::Tensor, at::Tensor> apply_rotary(const at::Tensor& q, const at::Te
 
 // ---------------------------------------------------------------- attention
 namespace {
-// Rows of queries per block: the scores of one block, [B, Hkv, G*Tb, S] in
-// fp32, stay under this many bytes, so a long prefill never holds a T x S
-// score matrix per head.
+// Rows of queries per block: at most kQueryBlock, and few enough that the
+// scores of one block, [B, Hkv, G*Tb, S] in fp32, stay under kScoreBlockBytes
+// (a long prefill never holds a T x S score matrix per head). Block i only
+// scores the keys it can see, so causal prefill skips about half of the
+// masked work (T = 512: 56% of the full square).
 constexpr int64_t kScoreBlockBytes = int64_t(32) << 20;
+constexpr int64_t kQueryBlock = 64;
 
 // softmax(q k^T / sqrt(D) + causal mask) v for the queries of slots
 // [start, start + T). q: [B, H, T, D], k, v: [B, Hkv, S, D] -> [B, H, T, D].
@@ -94,7 +98,8 @@ at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, co
   // LibTorch 1.13's CPU half/bf16 matmuls are far slower than fp32: compute in fp32.
   if (q.is_cpu() && q.scalar_type() != at::kFloat)
     return grouped_causal_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), start).to(q.scalar_type());
-  const int64_t rows = std::max<int64_t>(1, kScoreBlockBytes / (B * H * S * int64_t(sizeof(float))));
+  const int64_t rows =
+      std::clamp<int64_t>(kScoreBlockBytes / (B * H * S * int64_t(sizeof(float))), 1, kQueryBlock);
   if (T <= rows) return attention_block(q, k, v, start);
   // Long prefill: query blocks of `rows` slots; block i sees keys [0, start + t0 + Tb).
   std::vector<at::Tensor> outs;
