@@ -192,7 +192,9 @@ void bench_ralm(const BenchRalmArgs& a) {
     e["reencode_seconds"] = reencode;
     e["decode_seconds"] = decode;
     e["other_seconds"] = other;
-    e["model_share"] = secs > 0 ? (reencode + decode) / secs : 0.0;
+    // Per run, then the median (the split columns are medians taken one by
+    // one, so their sum need not equal the median of the totals).
+    e["model_share"] = pick([](const RunResult& r) { return r.seconds > 0 ? (r.reencode + r.decode) / r.seconds : 0.0; });
     // Growth of the resident set from the first retrieval to the end of
     // generation (largest over repeats): the cache is preallocated, so
     // nothing should grow with the tokens.

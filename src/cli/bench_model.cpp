@@ -4,12 +4,15 @@
 //   decode   tokens/s after a --context-token prefix, against the floor
 //            read bandwidth / bytes one step must read (every weight but the
 //            embedding table, plus the KV cache at that context); the
-//            bandwidth is the best of 10 reductions over 512 MiB.
+//            bandwidth is the best of 3 reductions over 512 MiB right after
+//            each timed repeat, and the share is the median of the pairs.
 //   prefill  tokens/s of one --tokens-token forward into an empty cache (the
 //            head on the last row only, as the contexts do), as GFLOP/s of
 //            useful work (2 x matmul parameters per token + causal
 //            attention), against the best fp32 GEMM rate LibTorch reaches
-//            here (the model's own shapes and a 2048^3 product).
+//            here (the model's own shapes and a 2048^3 product), measured
+//            right after each timed repeat; the share is the median of the
+//            pairs.
 //
 // --baseline also times LibTorch's own ops (hand-written kernels off) in
 // the same run.
@@ -43,12 +46,11 @@ struct BenchModelArgs {
   bool baseline = false, json = false;
 };
 
-// Memory read bandwidth in bytes/s: the best of 10 sums over 512 MiB.
-double read_bandwidth() {
-  at::Tensor buf = at::ones({int64_t(1) << 27}, at::kFloat);  // [128 Mi] fp32 = 512 MiB
-  (void)buf.sum().item<float>();
+// Memory read bandwidth in bytes/s: the best of `reps` sums over a 512 MiB
+// buffer.
+double read_bandwidth(const at::Tensor& buf, int reps) {
   double best = 1e30;
-  for (int r = 0; r < 10; ++r) {
+  for (int r = 0; r < reps; ++r) {
     const auto t0 = Clock::now();
     (void)buf.sum().item<float>();
     best = std::min(best, since(t0));
@@ -111,17 +113,35 @@ nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
 }
 
 // ---------------------------------------------------------------- prefill
-double time_prefill(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats) {
-  c10::InferenceMode guard;
-  std::vector<double> v;
+// Prefill timing, each repeat paired with the GEMM rates measured right
+// after it (the VM's speed drifts; see time_decode).
+struct PrefillTiming {
+  std::vector<double> seconds, gemm_shapes, gemm_peak;  // FLOP/s
+};
+
+PrefillTiming time_prefill(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats,
+                           bool with_gemm) {
+  const LlamaConfig& c = m.config();
+  const int64_t T = prompt.size(1);
+  PrefillTiming t;
   for (int r = 0; r <= repeats; ++r) {  // the first run warms up
-    cache.clear();
-    const auto t0 = Clock::now();
-    at::Tensor h = m.hidden_states(prompt, {}, &cache);                               // [1, T, C]
-    (void)m.logits(h.select(1, prompt.size(1) - 1)).argmax().item<int64_t>();         // [V]
-    if (r > 0) v.push_back(since(t0));
+    {
+      c10::InferenceMode guard;
+      cache.clear();
+      const auto t0 = Clock::now();
+      at::Tensor h = m.hidden_states(prompt, {}, &cache);                        // [1, T, C]
+      (void)m.logits(h.select(1, T - 1)).argmax().item<int64_t>();              // [V]
+      if (r == 0) continue;
+      t.seconds.push_back(since(t0));
+    }
+    if (!with_gemm) continue;
+    const double shapes = std::max({gemm_flops(T, c.hidden_size, c.intermediate_size, at::kFloat),
+                                    gemm_flops(T, c.intermediate_size, c.hidden_size, at::kFloat),
+                                    gemm_flops(T, c.hidden_size, c.q_dim(), at::kFloat)});
+    t.gemm_shapes.push_back(shapes);
+    t.gemm_peak.push_back(std::max(shapes, gemm_flops(2048, 2048, 2048, at::kFloat)));
   }
-  return median(v);
+  return t;
 }
 
 void bench_prefill(BenchModelArgs a) {
@@ -131,11 +151,12 @@ void bench_prefill(BenchModelArgs a) {
   const LlamaConfig& c = s.config;
   KVCacheStore cache = m.make_cache(1, a.tokens);
   at::Tensor prompt = at::randint(0, c.vocab_size, {1, a.tokens}, at::kLong);  // [1, T]
-  const double secs = time_prefill(m, cache, prompt, a.repeats);
+  const PrefillTiming pt = time_prefill(m, cache, prompt, a.repeats, /*with_gemm=*/true);
+  const double secs = median(pt.seconds);
   double base_secs = 0;
   if (a.baseline) {
     kernels::set_enabled(false);
-    base_secs = time_prefill(m, cache, prompt, a.repeats);
+    base_secs = median(time_prefill(m, cache, prompt, a.repeats, false).seconds);
     kernels::set_enabled(true);
   }
   // Useful work: every matmul weight once per token, the head once (last
@@ -144,20 +165,24 @@ void bench_prefill(BenchModelArgs a) {
   const double head = double(c.vocab_size) * c.hidden_size;
   const double flops = 2.0 * (double(matmul_params(c)) - head) * T + 2.0 * head +
                        2.0 * c.num_hidden_layers * double(c.q_dim()) * T * (T + 1);
-  const double gemm_shapes = std::max({gemm_flops(a.tokens, c.hidden_size, c.intermediate_size, at::kFloat),
-                                       gemm_flops(a.tokens, c.intermediate_size, c.hidden_size, at::kFloat),
-                                       gemm_flops(a.tokens, c.hidden_size, c.q_dim(), at::kFloat)});
-  const double gemm32 = std::max(gemm_shapes, gemm_flops(2048, 2048, 2048, at::kFloat));
+  // Per repeat: the model's rate over the GEMM rates measured right after it.
+  auto shares = [&](const std::vector<double>& gemm) {
+    std::vector<double> v;
+    for (size_t i = 0; i < gemm.size(); ++i) v.push_back(flops / pt.seconds[i] / gemm[i]);
+    return v;
+  };
   nlohmann::ordered_json j = header(a, s);
   j["bench"] = "prefill";
   j["tokens"] = a.tokens;
   j["seconds"] = secs;
+  j["seconds_all"] = pt.seconds;
   j["tokens_per_s"] = T / secs;
   j["gflops"] = flops / secs / 1e9;
-  j["gemm_gflops_fp32"] = gemm32 / 1e9;
-  j["fraction_of_gemm"] = flops / secs / gemm32;
-  j["gemm_gflops_fp32_model_shapes"] = gemm_shapes / 1e9;  // the model's own products, weights in cache
-  j["fraction_of_gemm_model_shapes"] = flops / secs / gemm_shapes;
+  j["gemm_gflops_fp32"] = median(pt.gemm_peak) / 1e9;
+  j["fraction_of_gemm"] = median(shares(pt.gemm_peak));
+  j["fraction_of_gemm_all"] = shares(pt.gemm_peak);
+  j["gemm_gflops_fp32_model_shapes"] = median(pt.gemm_shapes) / 1e9;  // the model's own products, weights in cache
+  j["fraction_of_gemm_model_shapes"] = median(shares(pt.gemm_shapes));
   if (s.dtype != at::kFloat) {
     // LibTorch's own GEMM in this dtype, for reference (the model runs its
     // bf16 prefill matmuls as fp32 GEMMs on CPU).
@@ -175,24 +200,36 @@ void bench_prefill(BenchModelArgs a) {
   std::printf("bench prefill  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
               (long long)c.num_parameters(), s.threads);
   std::printf("prefill %lld tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s = %.0f%% of LibTorch's best fp32 GEMM here (%.1f GFLOP/s)\n",
-              (long long)a.tokens, secs, T / secs, flops / secs / 1e9, 100 * flops / secs / gemm32, gemm32 / 1e9);
+              (long long)a.tokens, secs, T / secs, flops / secs / 1e9, 100 * j["fraction_of_gemm"].get<double>(),
+              j["gemm_gflops_fp32"].get<double>());
   if (a.baseline)
     std::printf("LibTorch ops only: %.3f s (%.2fx)\n", base_secs, base_secs / secs);
 }
 
 // ---------------------------------------------------------------- decode
-double time_decode(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& ctx, int64_t steps, int repeats) {
+// Decode timing, each repeat paired with a bandwidth measurement right after
+// it: this VM's bandwidth drifts by +-20% from minute to minute, so a floor
+// measured at another moment would mostly measure the drift.
+struct DecodeTiming {
+  std::vector<double> step_seconds, bandwidth;
+};
+
+DecodeTiming time_decode(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& ctx, int64_t steps, int repeats,
+                         const at::Tensor& bw_buffer) {
   c10::InferenceMode guard;
-  std::vector<double> v;
-  for (int r = 0; r <= repeats; ++r) {
+  DecodeTiming t;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up
     cache.clear();
     m.hidden_states(ctx, {}, &cache);
     int64_t tok = 1;
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < steps; ++i) tok = decode_step(m, cache, tok).argmax().item<int64_t>();
-    if (r > 0) v.push_back(since(t0) / double(steps));
+    const double step = since(t0) / double(steps);
+    if (r == 0) continue;
+    t.step_seconds.push_back(step);
+    t.bandwidth.push_back(read_bandwidth(bw_buffer, 3));
   }
-  return median(v);
+  return t;
 }
 
 void bench_decode(BenchModelArgs a) {
@@ -202,19 +239,31 @@ void bench_decode(BenchModelArgs a) {
   const LlamaConfig& c = s.config;
   KVCacheStore cache = m.make_cache(1, a.context + a.tokens);
   at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
-  const double step = time_decode(m, cache, ctx, a.tokens, a.repeats);
-  double base_step = 0;
-  if (a.baseline) {
-    kernels::set_enabled(false);
-    base_step = time_decode(m, cache, ctx, a.tokens, a.repeats);
-    kernels::set_enabled(true);
-  }
   const double elem = double(c10::elementSize(s.dtype));
   const double weight_bytes = double(matmul_params(c)) * elem;
   // The KV cache read by the middle step of the run.
   const double kv_bytes = 2.0 * c.num_hidden_layers * c.kv_dim() * (a.context + a.tokens / 2.0) * elem;
-  const double bw = read_bandwidth();
-  const double floor = bw / (weight_bytes + kv_bytes);
+  const double bytes = weight_bytes + kv_bytes;
+  at::Tensor bw_buffer = at::ones({int64_t(1) << 27}, at::kFloat);  // [128 Mi] fp32 = 512 MiB
+  (void)bw_buffer.sum().item<float>();
+  // Per repeat: tokens/s over the floor measured right after it; medians.
+  auto shares = [&](const DecodeTiming& t) {
+    std::vector<double> v;
+    for (size_t i = 0; i < t.step_seconds.size(); ++i) v.push_back((1.0 / t.step_seconds[i]) / (t.bandwidth[i] / bytes));
+    return v;
+  };
+  const DecodeTiming fast = time_decode(m, cache, ctx, a.tokens, a.repeats, bw_buffer);
+  const double step = median(fast.step_seconds);
+  const double bw = median(fast.bandwidth);
+  const double floor = bw / bytes;
+  DecodeTiming slow;
+  double base_step = 0;
+  if (a.baseline) {
+    kernels::set_enabled(false);
+    slow = time_decode(m, cache, ctx, a.tokens, a.repeats, bw_buffer);
+    kernels::set_enabled(true);
+    base_step = median(slow.step_seconds);
+  }
   nlohmann::ordered_json j = header(a, s);
   j["bench"] = "decode";
   j["context"] = a.context;
@@ -223,13 +272,15 @@ void bench_decode(BenchModelArgs a) {
   j["tokens_per_s"] = 1.0 / step;
   j["bytes_read_per_token"] = weight_bytes + kv_bytes;
   j["read_bandwidth_gbs"] = bw / 1e9;
+  j["read_bandwidth_bytes_per_s_all"] = fast.bandwidth;
   j["floor_tokens_per_s"] = floor;
-  j["fraction_of_floor"] = (1.0 / step) / floor;
+  j["fraction_of_floor"] = median(shares(fast));
+  j["fraction_of_floor_all"] = shares(fast);
   j["effective_gbs"] = (weight_bytes + kv_bytes) / step / 1e9;
   if (a.baseline) {
     j["libtorch_only"] = {{"seconds_per_token", base_step},
                           {"tokens_per_s", 1.0 / base_step},
-                          {"fraction_of_floor", (1.0 / base_step) / floor}};
+                          {"fraction_of_floor", median(shares(slow))}};
     j["speedup_over_libtorch"] = base_step / step;
   }
   if (a.json) {
@@ -239,10 +290,10 @@ void bench_decode(BenchModelArgs a) {
   std::printf("bench decode  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
               (long long)c.num_parameters(), s.threads);
   std::printf("decode at context %lld: %.2f tok/s; floor %.2f tok/s (%.1f MB per token at %.1f GB/s) -> %.0f%%\n",
-              (long long)a.context, 1.0 / step, floor, (weight_bytes + kv_bytes) / 1e6, bw / 1e9, 100 * (1.0 / step) / floor);
+              (long long)a.context, 1.0 / step, floor, bytes / 1e6, bw / 1e9, 100 * j["fraction_of_floor"].get<double>());
   if (a.baseline)
     std::printf("LibTorch ops only: %.2f tok/s (%.0f%% of the floor); the kernels are %.2fx faster\n", 1.0 / base_step,
-                100 * (1.0 / base_step) / floor, base_step / step);
+                100 * j["libtorch_only"]["fraction_of_floor"].get<double>(), base_step / step);
 }
 
 void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {

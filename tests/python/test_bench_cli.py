@@ -117,3 +117,12 @@ def test_standard_script_quick(tmp_path):
                     str(tmp_path)], check=True, capture_output=True)
     md2 = (tmp_path / "performance.md").read_text()
     assert md2.count("<!-- standard:begin -->") == 1 and "prose before" in md2 and "prose after" in md2
+    # --only reruns one part and keeps the others.
+    before = json.loads((tmp_path / "bench/standard.json").read_text())
+    subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1", "--flashback", str(find_cli()), "--out",
+                    str(tmp_path), "--from-json", str(tmp_path / "bench/standard.json"), "--only", "ralm:48/160"],
+                   check=True, capture_output=True, env={**os.environ, "FLASHBACK_THREADS": "1"})
+    after = json.loads((tmp_path / "bench/standard.json").read_text())
+    assert [(r["init"], r["total"]) for r in after["ralm"]] == [(48, 160), (96, 256)]
+    assert after["ralm"][1] == before["ralm"][1] and after["decode"] == before["decode"]
+    assert after["ralm"][0]["modes"][0]["seconds_all"] != before["ralm"][0]["modes"][0]["seconds_all"]
