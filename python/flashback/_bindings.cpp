@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "flashback/kernels.hpp"
 #include "flashback/flashback.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/lora.hpp"
@@ -175,6 +176,9 @@ PYBIND11_MODULE(_C, m) {
   register_errors(m);
 
   m.def("set_num_threads", &init_threads, py::arg("n") = 0, "intra-op threads (0 = FLASHBACK_THREADS or all cores)");
+  m.def("set_kernels_enabled", &kernels::set_enabled, py::arg("enabled"),
+        "hand-written CPU decode kernels on/off (off: LibTorch's own ops)");
+  m.def("kernels_enabled", &kernels::enabled, "whether the hand-written CPU kernels run (AVX2 + FMA and not disabled)");
   m.def("supports_dtype", [](const std::string& dtype, const std::string& device) {
     return supports_dtype(parse_dtype(dtype).value_or(at::kFloat), at::Device(device));
   });
