@@ -196,9 +196,11 @@ at::Tensor gemv(const at::Tensor& w, const at::Tensor& x) {
   TORCH_CHECK(gemv_usable(w, x), "flashback::kernels::gemv: unsupported inputs");
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = w.size(0);
-  std::vector<float> xbuf, ybuf(static_cast<size_t>(w.size(0)));
+  std::vector<float> xbuf, ybuf;
   const float* xf = as_f32(x, xbuf);                                  // [K]
   at::Tensor y = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));  // [..., N]
+  // fp32 output is written in place; bf16 goes through an fp32 buffer.
+  if (y.scalar_type() != at::kFloat) ybuf.resize(static_cast<size_t>(w.size(0)));
   float* yf = y.scalar_type() == at::kFloat ? y.data_ptr<float>() : ybuf.data();
 #ifdef FLASHBACK_X86_KERNELS
   if (w.scalar_type() == at::kFloat)
@@ -223,17 +225,20 @@ bool decode_attention_usable(const at::Tensor& q, const at::Tensor& k, const at:
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(decode_attention_usable(q, k, v), "flashback::kernels::decode_attention: unsupported inputs");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3), S = k.size(2);
-  std::vector<float> qbuf, obuf(static_cast<size_t>(B * H * D));
+  std::vector<float> qbuf, obuf;
   const float* qf = as_f32(q, qbuf);                     // [B, H, 1, D]
   at::Tensor scores = at::empty({B, H, S}, at::kFloat);  // [B, H, S]
   at::Tensor out = at::empty({B, H, 1, D}, q.options().memory_format(at::MemoryFormat::Contiguous));  // [B, H, 1, D]
+  // fp32 output is written in place; bf16 goes through an fp32 buffer.
+  if (out.scalar_type() != at::kFloat) obuf.resize(static_cast<size_t>(B * H * D));
+  float* of = out.scalar_type() == at::kFloat ? out.data_ptr<float>() : obuf.data();
 #ifdef FLASHBACK_X86_KERNELS
   if (k.scalar_type() == at::kFloat)
-    attention_impl<float>(qf, k, v, B, H, scores.data_ptr<float>(), S, obuf.data(), D);
+    attention_impl<float>(qf, k, v, B, H, scores.data_ptr<float>(), S, of, D);
   else
-    attention_impl<c10::BFloat16>(qf, k, v, B, H, scores.data_ptr<float>(), S, obuf.data(), D);
+    attention_impl<c10::BFloat16>(qf, k, v, B, H, scores.data_ptr<float>(), S, of, D);
 #endif
-  store(obuf.data(), out);
+  if (out.scalar_type() != at::kFloat) store(of, out);
   return out;
 }
 
