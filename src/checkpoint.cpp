@@ -8,6 +8,7 @@
 #include <set>
 
 #include "flashback/error.hpp"
+#include "flashback/strings.hpp"
 #include "flashback/formats/gguf.hpp"
 #include "flashback/formats/llama2c.hpp"
 #include "flashback/formats/mapped_file.hpp"
@@ -187,7 +188,7 @@ std::string gguf_to_hf_name(const std::string& n, const std::string& path) {
       {"ffn_down.weight", "mlp.down_proj.weight"},
   };
   if (auto it = global.find(n); it != global.end()) return it->second;
-  if (n.rfind("blk.", 0) == 0) {
+  if (starts_with(n, "blk.")) {
     size_t dot = n.find('.', 4);
     if (dot != std::string::npos && dot > 4 && n.find_first_not_of("0123456789", 4) == dot) {
       auto it = per_layer.find(n.substr(dot + 1));
@@ -295,7 +296,7 @@ Checkpoint read_checkpoint(const std::string& path) {
     if (f->size() >= 4) std::memcpy(magic, f->data(), 4);
   }
   if (std::memcmp(magic, "GGUF", 4) == 0) return read_gguf_checkpoint(path);
-  if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
+  if (ends_with(path, ".safetensors")) {
     // A lone safetensors file: its config.json must sit beside it.
     return read_hf_dir(parent_dir(path));
   }
@@ -329,7 +330,7 @@ void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>
   }
   for (const auto& [name, t] : tensors) {
     if (used.count(name)) continue;
-    if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
+    if (ends_with(name, ".rotary_emb.inv_freq")) continue;  // older HF exports save the RoPE table
     if (name == "lm_head.weight" && model.config().tie_word_embeddings) continue;  // tied: the embedding wins
     throw FormatError(source, "unexpected tensor '" + name + "' (not part of a Llama model with this config)");
   }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "flashback/error.hpp"
+#include "flashback/strings.hpp"
 #include "flashback/kernels.hpp"
 
 namespace flashback {
@@ -327,7 +328,7 @@ void LlamaModelImpl::init_random(uint64_t seed) {
   for (auto& p : named_parameters()) {
     at::Tensor& t = p.value();
     const std::string& name = p.key();
-    bool is_norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    const bool is_norm = ends_with(name, "norm.weight");
     at::Tensor v = is_norm ? at::ones(t.sizes(), at::kFloat)
                            : at::normal(0.0, 0.02, t.sizes(), gen, at::TensorOptions().dtype(at::kFloat));
     t.copy_(v);

@@ -35,6 +35,23 @@ void write_bytes(const std::string& path, const std::string& bytes) { write_file
 
 }  // namespace
 
+TEST_CASE("HF checkpoints that carry rotary_emb.inv_freq (older Llama-2 exports) load", "[checkpoint]") {
+  const std::string src = shared("models/hf-fixtures/tiny-llama-gqa");
+  const LlamaConfig c = read_checkpoint(src).config;
+  // HF's buffer: inv_freq_i = theta^(-2i/D), one per layer, saved by transformers < 4.31.
+  at::Tensor inv_freq = at::pow(c.rope_theta, -at::arange(0, c.head_dim, 2, at::kFloat) / double(c.head_dim));
+  auto with_inv_freq = hf_copy("inv-freq", [&](auto& t) {
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      t["model.layers." + std::to_string(l) + ".self_attn.rotary_emb.inv_freq"] = inv_freq;
+  });
+  at::Tensor ids = at::tensor(std::vector<int64_t>{1, 5, 9, 200, 7}, at::kLong).view({1, -1});
+  c10::InferenceMode guard;
+  CHECK(at::equal(load_model(with_inv_freq)->forward(ids), load_model(src)->forward(ids)));
+  // Only that exact name is forgiven.
+  auto other = hf_copy("not-inv-freq", [&](auto& t) { t["model.layers.0.self_attn.rotary_emb.inv_freqs"] = inv_freq; });
+  CHECK_THROWS_WITH(load_model(other), Contains("unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freqs'"));
+}
+
 TEST_CASE("HF directories: missing, misshapen and unexpected tensors", "[checkpoint][bad]") {
   auto missing = hf_copy("missing", [](auto& t) { t.erase("model.layers.1.mlp.up_proj.weight"); });
   CHECK_THROWS_WITH(load_model(missing), Contains("missing tensor 'model.layers.1.mlp.up_proj.weight'"));

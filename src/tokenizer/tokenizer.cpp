@@ -16,6 +16,7 @@
 #include "flashback/error.hpp"
 #include "flashback/formats/mapped_file.hpp"
 #include "text_internal.hpp"
+#include "flashback/strings.hpp"
 
 namespace flashback {
 namespace {
@@ -221,7 +222,7 @@ size_t Tokenizer::match_user_defined(std::string_view text) const {
   if (user_defined_.empty() || text.empty() || !user_first_byte_[static_cast<uint8_t>(text[0])]) return 0;
   for (int32_t id : user_defined_) {
     const std::string& p = model_.pieces[static_cast<size_t>(id)].piece;
-    if (text.size() >= p.size() && text.compare(0, p.size(), p) == 0) return p.size();
+    if (starts_with(text, p)) return p.size();
   }
   return 0;
 }
@@ -272,7 +273,7 @@ std::string Tokenizer::normalize(std::string_view input) const {
 
   if (collapse) {  // trailing spaces (and trailing literal U+2581s, as sentencepiece does)
     const std::string_view space = escape ? kSpaceSymbol : std::string_view(" ");
-    while (out.size() >= space.size() && out.compare(out.size() - space.size(), space.size(), space) == 0) {
+    while (ends_with(out, space)) {
       out.resize(out.size() - space.size());
     }
   }
