@@ -1,4 +1,4 @@
-// Format readers -> Checkpoint (HF names, HF layout) -> LlamaModel.
+// Format readers -> Checkpoint (HF names, HF layout) -> LlamaForCausalLM.
 #include "flashback/checkpoint.hpp"
 
 #include <sys/stat.h>
@@ -312,7 +312,7 @@ at::ScalarType resolve_dtype(const LlamaConfig& config, const LoadOptions& optio
   return t;
 }
 
-void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
   at::NoGradGuard no_grad;
   auto params = model.named_parameters(/*recurse=*/true);
   std::set<std::string> used;
@@ -336,17 +336,17 @@ void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>
   }
 }
 
-LlamaModel load_model(const Checkpoint& ck, const LoadOptions& options) {
+LlamaForCausalLM load_model(const Checkpoint& ck, const LoadOptions& options) {
   ensure_default_threads();
-  LlamaModelOptions mo;
+  LlamaForCausalLMOptions mo;
   mo.dtype = resolve_dtype(ck.config, options);
   mo.device = options.device;
-  LlamaModel model(ck.config, mo);
+  LlamaForCausalLM model(ck.config, mo);
   load_weights(*model, ck.tensors, ck.path);
   return model;
 }
 
-LlamaModel load_model(const std::string& path, const LoadOptions& options) {
+LlamaForCausalLM load_model(const std::string& path, const LoadOptions& options) {
   return load_model(read_checkpoint(path), options);
 }
 
@@ -356,7 +356,7 @@ std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
   return out;
 }
 
-std::map<std::string, at::Tensor> model_tensors(LlamaModelImpl& model) {
+std::map<std::string, at::Tensor> model_tensors(LlamaForCausalLMImpl& model) {
   std::map<std::string, at::Tensor> out;
   for (auto& p : model.named_parameters(true)) out.emplace(p.key(), p.value());
   return out;

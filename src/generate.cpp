@@ -15,19 +15,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-at::Tensor prefill(LlamaModelImpl& model, KVCacheStore& cache, const std::vector<int64_t>& tokens) {
+at::Tensor prefill(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& tokens) {
   if (tokens.empty()) throw InvalidArgument("prefill needs at least one token");
   at::Tensor ids = at::tensor(tokens, at::kLong).view({1, -1}).to(model.device());  // [1, T]
   at::Tensor h = model.hidden_states(ids, {}, &cache);                              // [1, T, C]
   return model.logits(h.select(1, h.size(1) - 1)).squeeze(0);                       // [V]
 }
 
-at::Tensor decode_step(LlamaModelImpl& model, KVCacheStore& cache, int64_t token) {
+at::Tensor decode_step(LlamaForCausalLMImpl& model, KVCacheStore& cache, int64_t token) {
   at::Tensor ids = at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(model.device()));  // [1, 1]
   return model.forward(ids, {}, cache).view({-1});                                                        // [V]
 }
 
-GenerateResult generate(LlamaModelImpl& model, KVCacheStore& cache, const std::vector<int64_t>& prompt,
+GenerateResult generate(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& prompt,
                         const GenerateOptions& options, const std::function<bool(int64_t)>& on_token) {
   if (prompt.empty()) throw InvalidArgument("the prompt is empty (it needs at least a BOS token)");
   if (options.max_new_tokens < 0) throw InvalidArgument("the number of tokens to generate must be >= 0");

@@ -11,7 +11,6 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -23,8 +22,6 @@
 namespace flashback::kernels {
 
 namespace {
-std::atomic<bool> g_enabled{true};
-
 bool dtype_ok(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
 
 bool no_grad_needed(std::initializer_list<const at::Tensor*> ts) {
@@ -43,9 +40,6 @@ bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
-
-void set_enabled(bool enabled) { g_enabled = enabled; }
-bool enabled() { return g_enabled && cpu_has_avx2_fma(); }
 
 #ifdef FLASHBACK_X86_KERNELS
 namespace {
@@ -160,7 +154,7 @@ void attention_impl(const float* q, const at::Tensor& k, const at::Tensor& v, in
 #endif  // FLASHBACK_X86_KERNELS
 
 bool gemv_usable(const at::Tensor& w, const at::Tensor& x) {
-  return enabled() && w.defined() && x.defined() && w.is_cpu() && x.is_cpu() && w.dim() == 2 && w.stride(1) == 1 &&
+  return cpu_has_avx2_fma() && w.defined() && x.defined() && w.is_cpu() && x.is_cpu() && w.dim() == 2 && w.stride(1) == 1 &&
          x.dim() >= 1 && x.numel() == x.size(-1) && x.size(-1) == w.size(1) && dtype_ok(w) && dtype_ok(x) &&
          no_grad_needed({&w, &x});
 }
@@ -213,7 +207,7 @@ at::Tensor gemv(const at::Tensor& w, const at::Tensor& x) {
 }
 
 bool decode_attention_usable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  if (!enabled() || q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
+  if (!cpu_has_avx2_fma() || q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
   const int64_t D = q.size(3);
   return q.is_cpu() && k.is_cpu() && v.is_cpu() && q.size(2) == 1 && D % 8 == 0 && k.size(3) == D &&
          v.size(3) == D && k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) > 0 &&
@@ -244,7 +238,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 // ---------------------------------------------------------------- RMSNorm
 bool rms_norm_usable(const at::Tensor& x, const at::Tensor& w) {
-  return g_enabled && x.defined() && w.defined() && x.is_cpu() && w.is_cpu() && x.dim() >= 1 && w.dim() == 1 &&
+  return x.defined() && w.defined() && x.is_cpu() && w.is_cpu() && x.dim() >= 1 && w.dim() == 1 &&
          x.size(-1) == w.size(0) && dtype_ok(x) && dtype_ok(w) && no_grad_needed({&x, &w});
 }
 
@@ -287,7 +281,7 @@ bool rotary_usable(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
                         sin.scalar_type() == at::kFloat && cos.is_cpu() && sin.is_cpu() &&
                         ((cos.dim() == 2 && cos.size(0) == T) || (cos.dim() == 3 && cos.size(0) == B && cos.size(1) == T)) &&
                         cos.size(-1) == D;
-  return g_enabled && table_ok && x.is_cpu() && D % 2 == 0 && dtype_ok(x) && no_grad_needed({&x});
+  return table_ok && x.is_cpu() && D % 2 == 0 && dtype_ok(x) && no_grad_needed({&x});
 }
 
 namespace {
@@ -327,7 +321,7 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 // ---------------------------------------------------------------- SwiGLU
 bool silu_mul_usable(const at::Tensor& gate, const at::Tensor& up) {
-  return g_enabled && gate.defined() && up.defined() && gate.is_cpu() && up.is_cpu() && gate.sizes() == up.sizes() &&
+  return gate.defined() && up.defined() && gate.is_cpu() && up.is_cpu() && gate.sizes() == up.sizes() &&
          gate.scalar_type() == up.scalar_type() && dtype_ok(gate) && no_grad_needed({&gate, &up});
 }
 

@@ -27,14 +27,14 @@ const Shape kShapes[] = {
     {96, 2, 12, 4, false}, // GQA 3:1
 };
 
-LlamaModel random_model(const Shape& s, uint64_t seed, int64_t max_pos = 128) {
-  LlamaModel m(tiny_config(s.hidden, s.layers, s.heads, s.kv_heads, 97, max_pos, s.tied));
+LlamaForCausalLM random_model(const Shape& s, uint64_t seed, int64_t max_pos = 128) {
+  LlamaForCausalLM m(tiny_config(s.hidden, s.layers, s.heads, s.kv_heads, 97, max_pos, s.tied));
   m->init_random(seed);
   return m;
 }
 
 // Feeds tokens [B, T] through the cache in pieces of the given sizes; returns the logits [B, T, V].
-at::Tensor feed(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& tokens, const std::vector<int64_t>& pieces) {
+at::Tensor feed(LlamaForCausalLMImpl& m, KVCacheStore& cache, const at::Tensor& tokens, const std::vector<int64_t>& pieces) {
   std::vector<at::Tensor> outs;
   int64_t at_ = 0;
   for (int64_t n : pieces) {
@@ -80,7 +80,7 @@ TEST_CASE("cached forward equals a full forward", "[cache]") {
   uint64_t seed = 1;
   for (const Shape& s : kShapes) {
     DYNAMIC_SECTION("hidden " << s.hidden << " heads " << s.heads << "/" << s.kv_heads << (s.tied ? " tied" : "")) {
-      LlamaModel m = random_model(s, seed++);
+      LlamaForCausalLM m = random_model(s, seed++);
       const int64_t T = 37;
       at::Tensor tokens = at::randint(0, 97, {1, T}, at::kLong);
       at::Tensor full = m->forward(tokens);  // [1, T, V]
@@ -117,7 +117,7 @@ TEST_CASE("cached forward equals a full forward", "[cache]") {
 
 TEST_CASE("batched cached forward equals per-row full forwards", "[cache]") {
   c10::InferenceMode guard;
-  LlamaModel m = random_model(kShapes[0], 7);
+  LlamaForCausalLM m = random_model(kShapes[0], 7);
   at::Tensor tokens = at::randint(0, 97, {3, 21}, at::kLong);
   KVCacheStore cache = m->make_cache(3, 32);
   at::Tensor got = feed(*m, cache, tokens, {8, 1, 12});
@@ -136,7 +136,7 @@ TEST_CASE("batched cached forward equals per-row full forwards", "[cache]") {
 }
 
 TEST_CASE("one model serves concurrent sequences on separate caches", "[cache][threads]") {
-  LlamaModel m = random_model(kShapes[3], 11);
+  LlamaForCausalLM m = random_model(kShapes[3], 11);
   std::vector<at::Tensor> inputs, expected(4), got(4);
   {
     c10::InferenceMode guard;
@@ -157,7 +157,7 @@ TEST_CASE("one model serves concurrent sequences on separate caches", "[cache][t
 }
 
 TEST_CASE("the forward works under autograd and reaches every parameter", "[autograd]") {
-  LlamaModel m = random_model(kShapes[0], 3);
+  LlamaForCausalLM m = random_model(kShapes[0], 3);
   at::Tensor tokens = at::randint(0, 97, {2, 12}, at::kLong);
   at::Tensor logits = m->forward(tokens);  // [2, 12, V]
   at::Tensor loss = at::cross_entropy_loss(logits.narrow(1, 0, 11).reshape({-1, 97}),
@@ -172,7 +172,7 @@ TEST_CASE("the forward works under autograd and reaches every parameter", "[auto
 
 TEST_CASE("bfloat16 weights run and stay close to fp32", "[dtype]") {
   c10::InferenceMode guard;
-  LlamaModel m = random_model(kShapes[0], 5);
+  LlamaForCausalLM m = random_model(kShapes[0], 5);
   at::Tensor tokens = at::randint(0, 97, {1, 16}, at::kLong);
   at::Tensor ref = m->forward(tokens);
   m->to(at::kBFloat16);

@@ -140,7 +140,7 @@ TEST_CASE("truncated or lying checkpoint files are refused", "[checkpoint][bad]"
 
 TEST_CASE("bad arguments to the model", "[model][bad]") {
   c10::InferenceMode guard;
-  LlamaModel m = load_model(shared("models/stories260K/stories260K.bin"));
+  LlamaForCausalLM m = load_model(shared("models/stories260K/stories260K.bin"));
   CHECK_THROWS_WITH(m->forward(at::tensor({int64_t(1), int64_t(512)}, at::kLong).view({1, 2})),
                     Contains("token id 512 is outside the vocabulary [0, 512)"));
   CHECK_THROWS_WITH(m->forward(at::tensor({int64_t(-1)}, at::kLong).view({1, 1})), Contains("token id -1"));

@@ -52,7 +52,7 @@ const std::vector<std::string> kPool = {
 
 // A model + tokenizer with the marking tokens (mean-initialised rows).
 struct Setup {
-  LlamaModel model{nullptr};
+  LlamaForCausalLM model{nullptr};
   Tokenizer tok;
   MarkingToken marks;
 };
@@ -69,7 +69,7 @@ Setup stories(bool with_marks) {
 // A random GQA model over tok512's vocabulary.
 Setup random_gqa(uint64_t seed, bool with_marks) {
   LlamaConfig c = flashback::test::tiny_config(48, 2, 6, 2, 512, 256);
-  LlamaModel m(c);
+  LlamaForCausalLM m(c);
   m->init_random(seed);
   Checkpoint ck;
   ck.path = "random";
@@ -91,7 +91,7 @@ template <template <class> class Ctx>
 RalmResult run_generate(Setup& s, ContextOptions co, RalmOptions ro, Retriever* r, const std::vector<int64_t>& prompt,
                         int64_t n, std::vector<int64_t>* layout = nullptr) {
   KVCacheStore cache = s.model->make_cache(1, 256);
-  Ctx<LlamaModelImpl> ctx(*s.model, cache, s.marks, co);
+  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
   DocumentSource src(r, s.tok, ro);
   Sampler greedy(SamplingOptions{});
   RalmResult out = ralm_generate(ctx, src, prompt, n, greedy);
@@ -102,7 +102,7 @@ RalmResult run_generate(Setup& s, ContextOptions co, RalmOptions ro, Retriever* 
 template <template <class> class Ctx>
 EvalResult run_eval(Setup& s, ContextOptions co, RalmOptions ro, Retriever* r, const std::vector<int64_t>& ids) {
   KVCacheStore cache = s.model->make_cache(1, 256);
-  Ctx<LlamaModelImpl> ctx(*s.model, cache, s.marks, co);
+  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
   DocumentSource src(r, s.tok, ro);
   return ralm_evaluate(ctx, src, ids);
 }
@@ -241,7 +241,7 @@ TEST_CASE("after many retrievals the cache holds exactly the layout", "[context]
   co.reserve = ro.stride;
   co.max_length = 128;  // small enough to force window slides too
   KVCacheStore cache = s.model->make_cache(1, 256);
-  AppendingContext<LlamaModelImpl> ctx(*s.model, cache, s.marks, co);
+  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
   DocumentSource src(&pool, s.tok, ro);
   Sampler greedy(SamplingOptions{});
   c10::InferenceMode guard;
@@ -340,19 +340,19 @@ TEST_CASE("RALM bad input", "[context][bad]") {
   KVCacheStore cache = s.model->make_cache(1, 64);
   ContextOptions co;
   co.max_length = 600;
-  CHECK_THROWS_WITH(AppendingContext<LlamaModelImpl>(*s.model, cache, s.marks, co), Catch::Contains("exceeds"));
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, co), Catch::Contains("exceeds"));
   co.max_length = 0;
   co.reserve = 64;
-  CHECK_THROWS_AS(AppendingContext<LlamaModelImpl>(*s.model, cache, s.marks, co), InvalidArgument);
+  CHECK_THROWS_AS(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, co), InvalidArgument);
   co.reserve = 8;
   KVCacheStore pc = plain.model->make_cache(1, 64);
-  CHECK_THROWS_WITH(AppendingContext<LlamaModelImpl>(*plain.model, pc, plain.marks, co), Catch::Contains("no marking tokens"));
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*plain.model, pc, plain.marks, co), Catch::Contains("no marking tokens"));
   RalmOptions ro;
   ro.stride = 0;
   CHECK_THROWS_AS(DocumentSource(&pool, s.tok, ro), InvalidArgument);
   ro.stride = 8;
   ro.doc_tokens = 60;  // 60 + 2 marks + stride 8 > 64 positions
-  AppendingContext<LlamaModelImpl> ctx(*s.model, cache, s.marks, co);
+  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
   DocumentSource src(&pool, s.tok, ro);
   Sampler greedy(SamplingOptions{});
   CHECK_THROWS_WITH(ralm_generate(ctx, src, {1, 403}, 10, greedy), Catch::Contains("leave no room for the input"));
@@ -364,7 +364,7 @@ TEST_CASE("RALM bad input", "[context][bad]") {
   empty.set_title_filter(all);
   ro.doc_tokens = 16;
   DocumentSource none_found(&empty, s.tok, ro);
-  AppendingContext<LlamaModelImpl> ctx2(*s.model, cache, s.marks, co);
+  AppendingContext<LlamaForCausalLMImpl> ctx2(*s.model, cache, s.marks, co);
   RalmResult r = ralm_generate(ctx2, none_found, {1, 403}, 20, greedy);
   CHECK(r.ids.size() == 20);
   CHECK(r.stats.retrievals == 0);

@@ -41,7 +41,7 @@ std::string model_path(const std::string& which) {
 }
 
 // Mean NLL (nats) of ids[1:] given the prefix, one full forward.
-double mean_nll(LlamaModelImpl& model, const std::vector<int64_t>& ids) {
+double mean_nll(LlamaForCausalLMImpl& model, const std::vector<int64_t>& ids) {
   at::Tensor x = at::tensor(ids, at::kLong).view({1, -1});                    // [1, T]
   at::Tensor logp = at::log_softmax(model.forward(x).squeeze(0), -1);        // [T, V]
   at::Tensor target = x.squeeze(0).narrow(0, 1, x.size(1) - 1);              // [T-1]
@@ -58,7 +58,7 @@ TEST_CASE("stories260K matches the golden outputs from every format", "[golden]"
   for (const std::string which : {"bin", "gguf", "hf"}) {
     DYNAMIC_SECTION("format " << which) {
       Checkpoint ck = read_checkpoint(model_path(which));
-      LlamaModel model = load_model(ck);
+      LlamaForCausalLM model = load_model(ck);
       c10::InferenceMode guard;
 
       // Greedy decoding from BOS with the cache: 64 ids, exactly.
@@ -95,8 +95,8 @@ TEST_CASE("stories260K matches the golden outputs from every format", "[golden]"
 }
 
 TEST_CASE("the converted HF directory reloads to identical weights and logits", "[golden][convert]") {
-  LlamaModel a = load_model(shared("models/stories260K/stories260K.bin"));
-  LlamaModel b = load_model(converted_dir());
+  LlamaForCausalLM a = load_model(shared("models/stories260K/stories260K.bin"));
+  LlamaForCausalLM b = load_model(converted_dir());
   auto ta = model_tensors(*a), tb = model_tensors(*b);
   REQUIRE(ta.size() == tb.size());
   for (const auto& [name, t] : ta) CHECK(at::equal(t, tb.at(name)));
@@ -118,7 +118,7 @@ TEST_CASE("the GGUF file and the llama2.c file hold the same model", "[golden]")
 // ---------------------------------------------------------------- HF fixtures
 namespace {
 void check_fixture(const std::string& dir, const std::string& reference, double tol) {
-  LlamaModel model = load_model(shared("models/hf-fixtures/" + dir));
+  LlamaForCausalLM model = load_model(shared("models/hf-fixtures/" + dir));
   auto ref = load_safetensors(shared("models/hf-fixtures/" + reference));
   c10::InferenceMode guard;
   at::Tensor logits = model->forward(ref.at("input_ids"));  // [2, 40, V]

@@ -15,12 +15,6 @@ using flashback::test::max_abs_diff;
 using flashback::test::tiny_config;
 
 namespace {
-// Restores the kernels' switch when a test ends.
-struct KernelsSwitch {
-  explicit KernelsSwitch(bool on) { kernels::set_enabled(on); }
-  ~KernelsSwitch() { kernels::set_enabled(true); }
-};
-
 at::Tensor ref_rotate_half(const at::Tensor& x) {
   const int64_t h = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
@@ -150,18 +144,18 @@ TEST_CASE("fused RMSNorm, SwiGLU gate and RoPE match the reference ops", "[kerne
 TEST_CASE("decode steps and chunked prefills agree with the kernels on and off", "[kernels]") {
   c10::InferenceMode guard;
   for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-    LlamaModelOptions mo;
+    LlamaForCausalLMOptions mo;
     mo.dtype = dt;
     mo.prefill_chunk = 16;  // a 40-token prefill runs as 16 + 16 + 8
-    LlamaModel m(tiny_config(64, 2, 8, 2, 97, 128), mo);
+    LlamaForCausalLM m(tiny_config(64, 2, 8, 2, 97, 128), mo);
     m->init_random(3);
-    LlamaModelOptions whole_opts = mo;
+    LlamaForCausalLMOptions whole_opts = mo;
     whole_opts.prefill_chunk = 0;
-    LlamaModel whole(tiny_config(64, 2, 8, 2, 97, 128), whole_opts);
+    LlamaForCausalLM whole(tiny_config(64, 2, 8, 2, 97, 128), whole_opts);
     whole->init_random(3);
     at::Tensor tokens = at::randint(0, 97, {1, 48}, at::kLong);
-    auto run = [&](LlamaModelImpl& model, bool on) {
-      KernelsSwitch sw(on);
+    auto run = [&](LlamaForCausalLMImpl& model, bool on) {
+      model.set_kernels(on ? Kernels::Auto : Kernels::LibTorch);
       KVCacheStore cache = model.make_cache(1, 64);
       std::vector<at::Tensor> outs = {model.forward(tokens.narrow(1, 0, 40), {}, cache)};  // [1, 40, V]
       for (int64_t t = 40; t < 48; ++t) outs.push_back(model.forward(tokens.narrow(1, t, 1), {}, cache));  // [1, 1, V]

@@ -9,6 +9,7 @@
 #include "flashback/checkpoint.hpp"
 #include "flashback/llama.hpp"
 #include "flashback/lora.hpp"
+#include "flashback/peft.hpp"
 #include "test_util.hpp"
 
 using namespace flashback;
@@ -18,8 +19,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-LlamaModel random_model(uint64_t seed, bool tied = false) {
-  LlamaModel m(flashback::test::tiny_config(32, 2, 4, 2, 61, 64, tied));
+LlamaForCausalLM random_model(uint64_t seed, bool tied = false) {
+  LlamaForCausalLM m(flashback::test::tiny_config(32, 2, 4, 2, 61, 64, tied));
   m->init_random(seed);
   return m;
 }
@@ -35,7 +36,7 @@ LoraConfig all_targets(int64_t r = 4) {
 }
 
 // Moves every LoRA B (zero at start) and the token rows, so the adapter does something.
-void perturb_adapter(LlamaModelImpl& m, uint64_t seed) {
+void perturb_adapter(LlamaForCausalLMImpl& m, uint64_t seed) {
   at::manual_seed(seed);
   at::NoGradGuard g;
   for (auto& item : m.named_parameters()) {
@@ -53,7 +54,7 @@ std::string fixture(const std::string& name) { return shared("models/hf-fixtures
 TEST_CASE("PEFT fixture: LoRA + trainable token rows reproduce HF's logits", "[lora][hf]") {
   auto ref = load_safetensors(fixture("tiny-llama-gqa-marks-lora.reference.safetensors"));
   for (bool merge : {false, true}) {
-    LlamaModel model = load_model(fixture("tiny-llama-gqa-marks"));
+    LlamaForCausalLM model = load_model(fixture("tiny-llama-gqa-marks"));
     load_adapter(*model, fixture("tiny-llama-gqa-marks-lora"), merge);
     CHECK(lora_config(*model).r == 8);
     CHECK(lora_config(*model).trainable_token_indices == std::vector<int64_t>({512, 513}));
@@ -64,7 +65,7 @@ TEST_CASE("PEFT fixture: LoRA + trainable token rows reproduce HF's logits", "[l
   }
   // The input does use the mark rows, and without the adapter the logits differ.
   CHECK((ref.at("input_ids") >= 512).any().item<bool>());
-  LlamaModel base = load_model(fixture("tiny-llama-gqa-marks"));
+  LlamaForCausalLM base = load_model(fixture("tiny-llama-gqa-marks"));
   c10::InferenceMode guard;
   CHECK(max_abs_diff(base->forward(ref.at("input_ids")), ref.at("logits")) > 1e-2);
 }
@@ -72,7 +73,7 @@ TEST_CASE("PEFT fixture: LoRA + trainable token rows reproduce HF's logits", "[l
 TEST_CASE("a fresh adapter is a no-op; merge and unmerge agree", "[lora]") {
   const bool tied = GENERATE(false, true);  // a tied head reads the adapted rows too
   INFO("tied=" << tied);
-  LlamaModel m = random_model(1, tied);
+  LlamaForCausalLM m = random_model(1, tied);
   at::Tensor x = at::randint(0, 61, {2, 17}, at::kLong);
   x.index_put_({0, 3}, 59);
   x.index_put_({1, 8}, 60);
@@ -103,11 +104,12 @@ TEST_CASE("a fresh adapter is a no-op; merge and unmerge agree", "[lora]") {
 }
 
 TEST_CASE("LoRA init: A Kaiming-uniform, B zero, scaling alpha/r, dropout only in training", "[lora]") {
-  LlamaModel m = random_model(2);
+  LlamaForCausalLM m = random_model(2);
   LoraConfig c = all_targets(8);
   c.dropout = 0.5;
   add_lora(*m, c);
-  auto* q = dynamic_cast<LoraLinearImpl*>(m->model->layer_list[0]->self_attn->q_proj.get());
+  Linear& q_proj = m->model->layer(0).self_attn->q_proj;
+  auto* q = dynamic_cast<LoraAdapter*>(q_proj->adapter.get());
   REQUIRE(q != nullptr);
   CHECK(q->scaling == Approx(1.0));
   CHECK(q->lora_A->weight.sizes() == at::IntArrayRef({8, 32}));
@@ -116,8 +118,9 @@ TEST_CASE("LoRA init: A Kaiming-uniform, B zero, scaling alpha/r, dropout only i
   const double bound = 1.0 / std::sqrt(32.0);
   CHECK(q->lora_A->weight.abs().max().item<double>() <= bound);
   CHECK(q->lora_A->weight.std().item<double>() == Approx(bound / std::sqrt(3.0)).epsilon(0.2));
-  // The base weight is shared, not copied.
-  CHECK(q->weight.data_ptr() == m->named_parameters()["model.layers.0.self_attn.q_proj.weight"].data_ptr());
+  // The base projection keeps its weight and its name; A and B sit beside it under PEFT's names.
+  CHECK(q_proj->weight.data_ptr() == m->named_parameters()["model.layers.0.self_attn.q_proj.weight"].data_ptr());
+  CHECK(q->lora_A->weight.data_ptr() == m->named_parameters()["model.layers.0.self_attn.q_proj.lora_A.weight"].data_ptr());
 
   perturb_adapter(*m, 3);
   at::Tensor x = at::randint(0, 59, {1, 9}, at::kLong);
@@ -129,7 +132,7 @@ TEST_CASE("LoRA init: A Kaiming-uniform, B zero, scaling alpha/r, dropout only i
 }
 
 TEST_CASE("only the adapter trains: gradients reach LoRA and the mark rows, nothing else", "[lora][train]") {
-  LlamaModel m = random_model(3);
+  LlamaForCausalLM m = random_model(3);
   add_lora(*m, all_targets());
   mark_only_adapter_trainable(*m);
   m->train();
@@ -162,7 +165,7 @@ TEST_CASE("only the adapter trains: gradients reach LoRA and the mark rows, noth
 
 TEST_CASE("adapters round-trip through PEFT's file layout, atomically replaced", "[lora][io]") {
   const std::string dir = flashback::test::temp_dir("adapter") + "/ad";
-  LlamaModel a = random_model(4);
+  LlamaForCausalLM a = random_model(4);
   add_lora(*a, all_targets());
   perturb_adapter(*a, 5);
   save_adapter(*a, dir, "random-base");
@@ -174,7 +177,7 @@ TEST_CASE("adapters round-trip through PEFT's file layout, atomically replaced",
         at::IntArrayRef({2, 32}));
   CHECK(t.size() == 2 * 2 * 7 + 1);
 
-  LlamaModel b = random_model(4);
+  LlamaForCausalLM b = random_model(4);
   load_adapter(*b, dir);
   c10::InferenceMode g;
   at::Tensor x = at::randint(0, 61, {1, 20}, at::kLong);
@@ -188,7 +191,7 @@ TEST_CASE("adapters round-trip through PEFT's file layout, atomically replaced",
 
 TEST_CASE("bad adapters fail with a clear error naming the file", "[lora][errors]") {
   const std::string root = flashback::test::temp_dir("badadapter");
-  LlamaModel a = random_model(6);
+  LlamaForCausalLM a = random_model(6);
   add_lora(*a, all_targets(4));
   save_adapter(*a, root + "/good");
   auto expect_error = [](const std::function<void()>& fn, const std::string& part) {
@@ -201,14 +204,14 @@ TEST_CASE("bad adapters fail with a clear error naming the file", "[lora][errors
     }
   };
   // Another architecture: the PEFT fixture (hidden 64) on a hidden-32 model.
-  expect_error([&] { LlamaModel m = random_model(6); load_adapter(*m, fixture("tiny-llama-gqa-marks-lora")); },
+  expect_error([&] { LlamaForCausalLM m = random_model(6); load_adapter(*m, fixture("tiny-llama-gqa-marks-lora")); },
                "outside the model's vocabulary");
   expect_error([&] {
-    LlamaModel m(flashback::test::tiny_config(48, 3, 8, 2, 600, 64));
+    LlamaForCausalLM m(flashback::test::tiny_config(48, 3, 8, 2, 600, 64));
     load_adapter(*m, fixture("tiny-llama-gqa-marks-lora"));
   }, "another architecture");
   // A config whose vocabulary lacks the marks: the base without them.
-  expect_error([&] { LlamaModel m = load_model(fixture("tiny-llama-gqa")); load_adapter(*m, fixture("tiny-llama-gqa-marks-lora")); },
+  expect_error([&] { LlamaForCausalLM m = load_model(fixture("tiny-llama-gqa")); load_adapter(*m, fixture("tiny-llama-gqa-marks-lora")); },
                "adapter_config.json: trainable token 512 is outside");
   // Rank in the config disagrees with the tensors.
   fs::copy(root + "/good", root + "/rank", fs::copy_options::recursive);
@@ -218,18 +221,18 @@ TEST_CASE("bad adapters fail with a clear error naming the file", "[lora][errors
     s.replace(s.find("\"r\": 4"), 6, "\"r\": 8");
     std::ofstream(root + "/rank/adapter_config.json") << s;
   }
-  expect_error([&] { LlamaModel m = random_model(6); load_adapter(*m, root + "/rank"); }, "adapter_model.safetensors");
+  expect_error([&] { LlamaForCausalLM m = random_model(6); load_adapter(*m, root + "/rank"); }, "adapter_model.safetensors");
   // Not a LoRA adapter; not a directory; missing weights.
   fs::create_directories(root + "/ia3");
   std::ofstream(root + "/ia3/adapter_config.json") << R"({"peft_type": "IA3", "target_modules": ["k_proj"]})";
-  expect_error([&] { LlamaModel m = random_model(6); load_adapter(*m, root + "/ia3"); }, "peft_type");
-  expect_error([&] { LlamaModel m = random_model(6); load_adapter(*m, root + "/nowhere"); }, "nowhere");
+  expect_error([&] { LlamaForCausalLM m = random_model(6); load_adapter(*m, root + "/ia3"); }, "peft_type");
+  expect_error([&] { LlamaForCausalLM m = random_model(6); load_adapter(*m, root + "/nowhere"); }, "nowhere");
   fs::create_directories(root + "/noweights");
   fs::copy(root + "/good/adapter_config.json", root + "/noweights/adapter_config.json");
-  expect_error([&] { LlamaModel m = random_model(6); load_adapter(*m, root + "/noweights"); },
+  expect_error([&] { LlamaForCausalLM m = random_model(6); load_adapter(*m, root + "/noweights"); },
                "adapter_model.safetensors: missing");
   // A model that already has an adapter; a config with a bad rank.
   expect_error([&] { load_adapter(*a, root + "/good"); }, "already has an adapter");
-  expect_error([&] { LlamaModel m = random_model(6); LoraConfig c; c.r = 0; add_lora(*m, c); }, "rank");
-  expect_error([&] { LlamaModel m = random_model(6); LoraConfig c; c.target_modules = {"wq"}; add_lora(*m, c); }, "wq");
+  expect_error([&] { LlamaForCausalLM m = random_model(6); LoraConfig c; c.r = 0; add_lora(*m, c); }, "rank");
+  expect_error([&] { LlamaForCausalLM m = random_model(6); LoraConfig c; c.target_modules = {"wq"}; add_lora(*m, c); }, "wq");
 }

@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
     flashback::init_threads();                                     // all cores
     flashback::Checkpoint ck = flashback::read_checkpoint(argv[1]);  // config + weights, validated
     flashback::Tokenizer tok = flashback::load_tokenizer(ck);        // found next to the model
-    flashback::LlamaModel model = flashback::load_model(ck);
+    flashback::LlamaForCausalLM model = flashback::load_model(ck);
 
     std::vector<int32_t> ids = tok.encode(argv[2], /*add_bos=*/true);
     std::vector<int64_t> prompt(ids.begin(), ids.end());

@@ -3,7 +3,7 @@
 // rotate_half q/k layout), and the model is built from that alone.
 //
 //   HF directory (config.json + model.safetensors | sharded index) ─┐
-//   llama2.c .bin (v0 / v1, Meta RoPE layout: q/k permuted) ─────────┼─▶ Checkpoint ─▶ LlamaModel
+//   llama2.c .bin (v0 / v1, Meta RoPE layout: q/k permuted) ─────────┼─▶ Checkpoint ─▶ LlamaForCausalLM
 //   GGUF v2/v3 (F32/F16/BF16, Meta RoPE layout: q/k permuted) ───────┘
 #pragma once
 
@@ -41,12 +41,12 @@ at::ScalarType resolve_dtype(const LlamaConfig& config, const LoadOptions& optio
 
 // Builds the model and copies every weight in, strictly: a missing tensor, a
 // shape that disagrees with the config, or an unexpected tensor is an error.
-LlamaModel load_model(const Checkpoint& checkpoint, const LoadOptions& options = {});
-LlamaModel load_model(const std::string& path, const LoadOptions& options = {});
-void load_weights(LlamaModelImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+LlamaForCausalLM load_model(const Checkpoint& checkpoint, const LoadOptions& options = {});
+LlamaForCausalLM load_model(const std::string& path, const LoadOptions& options = {});
+void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source);
 
 // The model's weights by HF name (the parameters themselves, not copies).
-std::map<std::string, at::Tensor> model_tensors(LlamaModelImpl& model);
+std::map<std::string, at::Tensor> model_tensors(LlamaForCausalLMImpl& model);
 
 // All tensors of one safetensors file (CPU, the file's dtypes; they may alias
 // the mapped file), and the atomic writer for such a map.

@@ -28,7 +28,7 @@
 // least one input token is an InvalidArgument.
 //
 // Templated over the model: anything with hidden_states(tokens, positions,
-// cache*), logits(hidden) and config() (LlamaModelImpl).
+// cache*), logits(hidden) and config() (LlamaForCausalLMImpl).
 #pragma once
 
 #include <ATen/ATen.h>

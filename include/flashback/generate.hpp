@@ -16,9 +16,9 @@ namespace flashback {
 
 // Encodes `tokens` (appended to the cache at the next positions) and returns
 // the logits of the last one: [V] fp32.
-at::Tensor prefill(LlamaModelImpl& model, KVCacheStore& cache, const std::vector<int64_t>& tokens);
+at::Tensor prefill(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& tokens);
 // One decode step for `token` at the next position: [V] fp32.
-at::Tensor decode_step(LlamaModelImpl& model, KVCacheStore& cache, int64_t token);
+at::Tensor decode_step(LlamaForCausalLMImpl& model, KVCacheStore& cache, int64_t token);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;
@@ -36,7 +36,7 @@ struct GenerateResult {
 // Generates after `prompt` (which must be non-empty and fit in the cache with
 // the new tokens). `on_token` sees each id as it is chosen; returning false
 // stops generation.
-GenerateResult generate(LlamaModelImpl& model, KVCacheStore& cache, const std::vector<int64_t>& prompt,
+GenerateResult generate(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& prompt,
                         const GenerateOptions& options, const std::function<bool(int64_t)>& on_token = {});
 
 }  // namespace flashback

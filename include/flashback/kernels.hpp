@@ -14,10 +14,11 @@
 // and 2 small LibTorch ops each: at one token per step, per-op overhead is what remains
 // once the weights stream at bandwidth.
 //
-// All are inference-only (no autograd) and used when fast_kernels_usable()
-// says so: x86-64 CPU with AVX2 and FMA, contiguous rows, float32/bfloat16.
-// Everything else takes the LibTorch path, which computes the same values
-// up to fp32 summation order.
+// All are inference-only: each *_usable() refuses inputs that need an
+// autograd graph. gemv and decode_attention are AVX2 + FMA code (checked at
+// run time: cpu_has_avx2_fma()); the fused RMSNorm, RoPE and SwiGLU gate are
+// portable C++ and run on any CPU. None is called directly by the model:
+// Ops (ops.hpp) decides, per model, whether a kernel runs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,20 +28,16 @@ namespace flashback::kernels {
 // The CPU has AVX2 + FMA (checked once at run time).
 bool cpu_has_avx2_fma();
 
-// Disable the hand-written kernels (process-wide), e.g. to compare against
-// LibTorch's own path. Default: enabled.
-void set_enabled(bool enabled);
-bool enabled();
-
-// True when gemv(w, x) can run: w [N, K] CPU float32/bfloat16 with unit
-// stride along K, x a single row of K float32/bfloat16 values, no gradient
-// needed.
+// True when gemv(w, x) can run: an AVX2 + FMA CPU, w [N, K] CPU
+// float32/bfloat16 with unit stride along K, x a single row of K
+// float32/bfloat16 values, no gradient needed.
 bool gemv_usable(const at::Tensor& w, const at::Tensor& x);
 
 // y = W x.   w: [N, K], x: [..., K] with one row -> [..., N] in x's dtype.
 at::Tensor gemv(const at::Tensor& w, const at::Tensor& x);
 
-// True when decode_attention(q, k, v) can run.
+// True when decode_attention(q, k, v) can run (an AVX2 + FMA CPU and the
+// shapes below).
 bool decode_attention_usable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // Causal attention of one new query per head over all S cached slots.

@@ -1,15 +1,18 @@
-// A Llama-2 decoder in the LibTorch module idiom (FooImpl + TORCH_MODULE).
+// A Llama-2 decoder in the LibTorch module idiom (FooImpl + TORCH_MODULE),
+// named as Hugging Face names it: LlamaModel is the decoder, LlamaForCausalLM
+// the decoder plus the head.
 //
 //   tokens [B, T] ─ embed_tokens ─▶ x [B, T, C]
 //   for each layer:  x += Attention(RMSNorm(x), positions, cache)
 //                    x += MLP(RMSNorm(x))               (SwiGLU)
 //   RMSNorm ─ lm_head (or the tied embedding) ─▶ logits [B, T, V]
 //
-// Parameter names follow Hugging Face's LlamaForCausalLM exactly
+// Parameter names follow HF's LlamaForCausalLM exactly
 // ("model.layers.3.self_attn.q_proj.weight", ...), and q/k use HF's
 // rotate_half RoPE layout. The module holds weights only: all per-sequence
 // state lives in a KVCacheStore passed to forward(), so one model serves many
 // sequences, concurrently from several threads (each with its own cache).
+// The math is written in Ops (ops.hpp), which the model owns and passes down.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -19,9 +22,10 @@
 #include <vector>
 
 #include "flashback/config.hpp"
+#include "flashback/embedding.hpp"
 #include "flashback/kv_cache.hpp"
 #include "flashback/linear.hpp"
-#include "flashback/lora.hpp"
+#include "flashback/ops.hpp"
 
 namespace flashback {
 
@@ -29,7 +33,7 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
   // x: [..., C] -> [..., C]; the statistics are computed in fp32.
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x, const Ops& ops) const;
   at::Tensor weight;  // [C]
   double eps;
 };
@@ -43,23 +47,12 @@ struct RotaryTables {
 };
 RotaryTables make_rotary_tables(const LlamaConfig& config, const at::Device& device);
 
-// q, k: [B, H, T, D]; cos, sin: [T, D] or [B, T, D] (already gathered at the
-// positions). Returns the rotated tensors in the input dtype.
-std::pair<at::Tensor, at::Tensor> apply_rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
-                                               const at::Tensor& sin);
-
-// Scaled dot-product attention with grouped KV heads, causal over slots.
-// q: [B, H, T, D] holds the queries for slots [start, start + T);
-// k, v: [B, Hkv, S, D] hold slots [0, S) with S = start + T.
-// Returns [B, H, T, D]. Query slot i sees key slots j <= i.
-at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
-
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const LlamaConfig& config, const at::TensorOptions& options);
   // x: [B, T, C]; cos/sin gathered at the positions; cache may be null.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
-                     int64_t layer);
+                     int64_t layer, const Ops& ops) const;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim;
 };
@@ -69,7 +62,7 @@ class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const LlamaConfig& config, const at::TensorOptions& options);
   // x: [B, T, C] -> down(silu(gate(x)) * up(x)): [B, T, C]
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x, const Ops& ops) const;
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -78,7 +71,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const LlamaConfig& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
-                     int64_t layer);
+                     int64_t layer, const Ops& ops) const;
   RMSNorm input_layernorm{nullptr};
   Attention self_attn{nullptr};
   RMSNorm post_attention_layernorm{nullptr};
@@ -87,23 +80,29 @@ class DecoderLayerImpl : public torch::nn::Module {
 TORCH_MODULE(DecoderLayer);
 
 // HF's LlamaModel: embeddings, the layer stack and the final norm.
-class LlamaDecoderImpl : public torch::nn::Module {
+class LlamaModelImpl : public torch::nn::Module {
  public:
-  LlamaDecoderImpl(const LlamaConfig& config, const at::TensorOptions& options);
-  at::Tensor embed_tokens_weight;  // [V, C], registered as "embed_tokens.weight"
-  std::shared_ptr<torch::nn::Module> embed_tokens;  // holds the weight (and a token adapter)
-  TokenAdapter token_adapter{nullptr};  // "embed_tokens.token_adapter": trainable rows, or null
-  torch::nn::ModuleList layers{nullptr};
-  std::vector<DecoderLayer> layer_list;  // typed views of `layers`
+  LlamaModelImpl(const LlamaConfig& config, const at::TensorOptions& options);
+  // tokens [B, T]; cos/sin [T, D] or [B, T, D] at the tokens' positions ->
+  // the final-normed hidden states [B, T, C]. Writes T slots of `cache`
+  // (when given) and commits them.
+  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+                     const Ops& ops) const;
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers->size()); }
+  DecoderLayerImpl& layer(int64_t i) const { return *layers->ptr<DecoderLayerImpl>(static_cast<size_t>(i)); }
+
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // DecoderLayer
   RMSNorm norm{nullptr};
 };
-TORCH_MODULE(LlamaDecoder);
+TORCH_MODULE(LlamaModel);
 
 // Whether the model can compute in `dtype` on `device` (float16 needs a
 // LibTorch with fp16 matmul there: not LibTorch 1.13 on CPU).
 bool supports_dtype(at::ScalarType dtype, const at::Device& device);
 
-struct LlamaModelOptions {
+struct LlamaForCausalLMOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
   // A forward of more tokens than this into a KV cache runs in chunks of
@@ -111,15 +110,16 @@ struct LlamaModelOptions {
   // stay bounded by the chunk, results equal one pass up to fp32 rounding.
   // 0: never chunk.
   int64_t prefill_chunk = 512;
+  Kernels kernels = Kernels::Auto;  // see ops.hpp
 };
 
 // HF's LlamaForCausalLM: "model" (the decoder) and "lm_head" (absent when the
 // head is tied to the embedding).
-class LlamaModelImpl : public torch::nn::Module {
+class LlamaForCausalLMImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised; load weights (checkpoint.hpp) or
   // call init_random().
-  explicit LlamaModelImpl(LlamaConfig config, LlamaModelOptions options = {});
+  explicit LlamaForCausalLMImpl(LlamaConfig config, LlamaForCausalLMOptions options = {});
 
   // Logits for every input position: [B, T, V] fp32.
   //   tokens:    [B, T] int64 ids in [0, V)
@@ -146,6 +146,10 @@ class LlamaModelImpl : public torch::nn::Module {
   const LlamaConfig& config() const { return config_; }
   at::ScalarType dtype() const { return options_.dtype; }
   at::Device device() const { return options_.device; }
+  // Which kernels the forward uses (ops.hpp). Set it before the model is
+  // shared between threads.
+  Kernels kernels() const { return ops_.kernels(); }
+  void set_kernels(Kernels kernels) { ops_ = Ops(kernels); }
   // The output projection [V, C]: lm_head.weight, or the embedding when tied.
   at::Tensor output_weight() const;
 
@@ -154,17 +158,17 @@ class LlamaModelImpl : public torch::nn::Module {
   void to(at::ScalarType dtype, bool non_blocking = false) override;
   void to(at::Device device, bool non_blocking = false) override;
 
-  LlamaDecoder model{nullptr};
+  LlamaModel model{nullptr};
   Linear lm_head{nullptr};  // null when tie_word_embeddings
-  std::shared_ptr<const LoraConfig> adapter;  // set by add_lora (lora.hpp), else null
 
  private:
   void check_inputs(const at::Tensor& tokens, const at::Tensor& positions, const KVCacheStore* cache) const;
 
   LlamaConfig config_;
-  LlamaModelOptions options_;
+  LlamaForCausalLMOptions options_;
+  Ops ops_;
   RotaryTables rope_;
 };
-TORCH_MODULE(LlamaModel);
+TORCH_MODULE(LlamaForCausalLM);
 
 }  // namespace flashback

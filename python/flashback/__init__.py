@@ -24,17 +24,10 @@ __version__ = "0.1.0"
 __all__ = [
     "LlamaForCausalLM", "LoraConfig", "read_adapter_config", "Tokenizer", "Context", "Retriever", "open_index",
     "build_bm25_index", "generate", "evaluate", "target_loss", "FlashbackError", "FormatError", "InvalidArgument",
-    "set_num_threads", "set_kernels_enabled",
+    "set_num_threads",
 ]
 
 
 def set_num_threads(n: int = 0) -> int:
     """Intra-op threads for the C++ core and torch alike (0: FLASHBACK_THREADS or all cores)."""
     return _C.set_num_threads(n)
-
-
-def set_kernels_enabled(enabled: bool) -> bool:
-    """Turns the C++ core's hand-written CPU kernels (decode gemv, one-query attention, fused RMSNorm/RoPE/SwiGLU)
-    on or off; off runs LibTorch's own ops (to compare). Returns whether they now run (they need AVX2 + FMA)."""
-    _C.set_kernels_enabled(bool(enabled))
-    return _C.kernels_enabled()

@@ -13,14 +13,15 @@
 #include "flashback/flashback.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/lora.hpp"
+#include "flashback/peft.hpp"
 #include "flashback/retrieval/corpus.hpp"
 #include "flashback/retrieval/index.hpp"
 #include "flashback/retrieval/model_encoder.hpp"
 
 namespace py = pybind11;
 using namespace flashback;
-using Model = LlamaModelImpl;
-using ModelPtr = std::shared_ptr<LlamaModelImpl>;
+using Model = LlamaForCausalLMImpl;
+using ModelPtr = std::shared_ptr<LlamaForCausalLMImpl>;
 using release = py::call_guard<py::gil_scoped_release>;
 
 namespace {
@@ -176,9 +177,7 @@ PYBIND11_MODULE(_C, m) {
   register_errors(m);
 
   m.def("set_num_threads", &init_threads, py::arg("n") = 0, "intra-op threads (0 = FLASHBACK_THREADS or all cores)");
-  m.def("set_kernels_enabled", &kernels::set_enabled, py::arg("enabled"),
-        "hand-written CPU decode kernels on/off (off: LibTorch's own ops)");
-  m.def("kernels_enabled", &kernels::enabled, "whether the hand-written CPU kernels run (AVX2 + FMA and not disabled)");
+  m.def("cpu_has_avx2_fma", &kernels::cpu_has_avx2_fma, "whether the AVX2 decode kernels can run on this CPU");
   m.def("supports_dtype", [](const std::string& dtype, const std::string& device) {
     return supports_dtype(parse_dtype(dtype).value_or(at::kFloat), at::Device(device));
   });
@@ -207,7 +206,7 @@ PYBIND11_MODULE(_C, m) {
   // ---- model
   py::class_<Model, ModelPtr>(m, "Model")
       .def_static("random", [](const std::string& config_json, uint64_t seed, const std::string& dtype) {
-            LlamaModelOptions o;
+            LlamaForCausalLMOptions o;
             o.dtype = parse_dtype(dtype).value_or(at::kFloat);
             auto model = std::make_shared<Model>(LlamaConfig::from_json(config_json, "config"), o);
             model->init_random(seed);
@@ -218,6 +217,9 @@ PYBIND11_MODULE(_C, m) {
              return std::string(mm.dtype() == at::kFloat ? "float32" : mm.dtype() == at::kBFloat16 ? "bfloat16" : "float16");
            })
       .def_property_readonly("device", [](const Model& mm) { return mm.device().str(); })
+      .def_property("kernels", [](const Model& mm) { return std::string(kernels_name(mm.kernels())); },
+                    [](Model& mm, const std::string& k) { mm.set_kernels(parse_kernels(k)); },
+                    "'auto' (the hand-written CPU kernels where they apply) or 'libtorch' (LibTorch's ops only)")
       .def("named_parameters", [](Model& mm) {
              std::vector<std::pair<std::string, at::Tensor>> out;
              for (auto& item : mm.named_parameters()) out.emplace_back(item.key(), item.value());

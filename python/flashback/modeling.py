@@ -127,6 +127,16 @@ class LlamaForCausalLM(nn.Module):
         return torch.device(self._core.device)
 
     @property
+    def kernels(self) -> str:
+        """Which kernels this model's forward uses: "auto" (the C++ core's hand-written CPU kernels for decode
+        where they apply) or "libtorch" (LibTorch's ops only, e.g. to compare). Set it before sharing the model."""
+        return self._core.kernels
+
+    @kernels.setter
+    def kernels(self, value: str) -> None:
+        self._core.kernels = value
+
+    @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
 

@@ -114,9 +114,9 @@ void bench_ralm(const BenchRalmArgs& a) {
   const int64_t capacity = a.total + 2 + a.stride;
   config.max_position_embeddings = std::max(config.max_position_embeddings, capacity);
   config.validate("--config");
-  LlamaModelOptions mo;
+  LlamaForCausalLMOptions mo;
   mo.dtype = parse_dtype(a.dtype).value_or(at::kFloat);
-  LlamaModel model(config, mo);
+  LlamaForCausalLM model(config, mo);
   model->init_random(a.seed);
   model->eval();
   const int64_t V = config.vocab_size;
@@ -137,11 +137,11 @@ void bench_ralm(const BenchRalmArgs& a) {
       RunResult r;
       if (m == "append") {
         co.marks = true;  // FlashBack
-        AppendingContext<LlamaModelImpl> ctx(*model, cache, marks, co);
+        AppendingContext<LlamaForCausalLMImpl> ctx(*model, cache, marks, co);
         r = run_mode(ctx, a, V, a.seed + 1 + rep);
       } else {
         co.marks = false;  // In-Context RALM
-        PrependingContext<LlamaModelImpl> ctx(*model, cache, marks, co);
+        PrependingContext<LlamaForCausalLMImpl> ctx(*model, cache, marks, co);
         r = run_mode(ctx, a, V, a.seed + 1 + rep);
       }
       if (!a.json)

@@ -76,7 +76,7 @@ struct Setup {
   LlamaConfig config;
   at::ScalarType dtype;
   int threads;
-  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<LlamaForCausalLM> model;
 };
 
 Setup setup(const BenchModelArgs& a, int64_t positions) {
@@ -86,9 +86,9 @@ Setup setup(const BenchModelArgs& a, int64_t positions) {
   s.config.max_position_embeddings = std::max(s.config.max_position_embeddings, positions);
   s.config.validate("--config");
   s.dtype = parse_dtype(a.dtype).value_or(at::kFloat);
-  LlamaModelOptions mo;
+  LlamaForCausalLMOptions mo;
   mo.dtype = s.dtype;
-  s.model = std::make_unique<LlamaModel>(s.config, mo);
+  s.model = std::make_unique<LlamaForCausalLM>(s.config, mo);
   (*s.model)->init_random(a.seed);
   (*s.model)->eval();
   return s;
@@ -108,7 +108,7 @@ nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
   j["dtype"] = a.dtype;
   j["threads"] = s.threads;
   j["repeats"] = a.repeats;
-  j["kernels"] = kernels::enabled();
+  j["kernels"] = kernels::cpu_has_avx2_fma();  // the timed runs use Kernels::Auto: do the AVX2 kernels run
   return j;
 }
 
@@ -119,7 +119,7 @@ struct PrefillTiming {
   std::vector<double> seconds, gemm_shapes, gemm_peak;  // FLOP/s
 };
 
-PrefillTiming time_prefill(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats,
+PrefillTiming time_prefill(LlamaForCausalLMImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats,
                            bool with_gemm) {
   const LlamaConfig& c = m.config();
   const int64_t T = prompt.size(1);
@@ -147,7 +147,7 @@ PrefillTiming time_prefill(LlamaModelImpl& m, KVCacheStore& cache, const at::Ten
 void bench_prefill(BenchModelArgs a) {
   if (a.tokens == 0) a.tokens = 512;
   Setup s = setup(a, a.tokens);
-  LlamaModelImpl& m = **s.model;
+  LlamaForCausalLMImpl& m = **s.model;
   const LlamaConfig& c = s.config;
   KVCacheStore cache = m.make_cache(1, a.tokens);
   at::Tensor prompt = at::randint(0, c.vocab_size, {1, a.tokens}, at::kLong);  // [1, T]
@@ -155,9 +155,9 @@ void bench_prefill(BenchModelArgs a) {
   const double secs = median(pt.seconds);
   double base_secs = 0;
   if (a.baseline) {
-    kernels::set_enabled(false);
+    m.set_kernels(Kernels::LibTorch);
     base_secs = median(time_prefill(m, cache, prompt, a.repeats, false).seconds);
-    kernels::set_enabled(true);
+    m.set_kernels(Kernels::Auto);
   }
   // Useful work: every matmul weight once per token, the head once (last
   // row), causal attention (QK^T and PV over j <= i).
@@ -214,7 +214,7 @@ struct DecodeTiming {
   std::vector<double> step_seconds, bandwidth;
 };
 
-DecodeTiming time_decode(LlamaModelImpl& m, KVCacheStore& cache, const at::Tensor& ctx, int64_t steps, int repeats,
+DecodeTiming time_decode(LlamaForCausalLMImpl& m, KVCacheStore& cache, const at::Tensor& ctx, int64_t steps, int repeats,
                          const at::Tensor& bw_buffer) {
   c10::InferenceMode guard;
   DecodeTiming t;
@@ -235,7 +235,7 @@ DecodeTiming time_decode(LlamaModelImpl& m, KVCacheStore& cache, const at::Tenso
 void bench_decode(BenchModelArgs a) {
   if (a.tokens == 0) a.tokens = 32;
   Setup s = setup(a, a.context + a.tokens);
-  LlamaModelImpl& m = **s.model;
+  LlamaForCausalLMImpl& m = **s.model;
   const LlamaConfig& c = s.config;
   KVCacheStore cache = m.make_cache(1, a.context + a.tokens);
   at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
@@ -259,9 +259,9 @@ void bench_decode(BenchModelArgs a) {
   DecodeTiming slow;
   double base_step = 0;
   if (a.baseline) {
-    kernels::set_enabled(false);
+    m.set_kernels(Kernels::LibTorch);
     slow = time_decode(m, cache, ctx, a.tokens, a.repeats, bw_buffer);
-    kernels::set_enabled(true);
+    m.set_kernels(Kernels::Auto);
     base_step = median(slow.step_seconds);
   }
   nlohmann::ordered_json j = header(a, s);

@@ -28,7 +28,7 @@ void run(const GenerateArgs& a) {
   LoadOptions lo;
   lo.dtype = parse_dtype(a.dtype);
   const MarkingToken marks = find_marking_tokens(ck, tok);
-  LlamaModel model = load_model(ck, lo);
+  LlamaForCausalLM model = load_model(ck, lo);
   ck.tensors.clear();  // release the mapped file
 
   std::vector<int32_t> ids32 = tok.encode(a.prompt, /*add_bos=*/true);

@@ -76,7 +76,7 @@ void run(const IndexArgs& a) {
       if (a.tokenizer.empty()) throw;
       own = load_tokenizer(ck, a.tokenizer);
     }
-    LlamaModel model = load_model(ck);
+    LlamaForCausalLM model = load_model(ck);
     ck.tensors.clear();  // release the mapped file
     splitter = a.tokenizer.empty() ? own : Tokenizer::from_file(a.tokenizer);
     encoder = std::make_unique<ModelEncoder>(model, own, absolute_path(a.model), a.max_tokens);

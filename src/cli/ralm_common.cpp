@@ -2,6 +2,7 @@
 #include "flashback/dtype.hpp"
 
 #include "flashback/lora.hpp"
+#include "flashback/peft.hpp"
 #include "flashback/retrieval/index.hpp"
 #include "flashback/retrieval/model_encoder.hpp"
 

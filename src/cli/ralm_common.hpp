@@ -29,7 +29,7 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a);
 // The model, its tokenizer and marking tokens as the flags ask: with marks
 // on, a model without them gets two mean-initialised rows.
 struct RalmModel {
-  LlamaModel model{nullptr};
+  LlamaForCausalLM model{nullptr};
   Tokenizer tokenizer;
   MarkingToken marks;
 };
@@ -46,21 +46,21 @@ nlohmann::ordered_json stats_json(const ContextStats& s);
 
 // Runs `fn` with the context type the mode names: fn(AppendingContext<...>&) etc.
 template <class Fn>
-auto with_context(ContextMode mode, LlamaModelImpl& model, KVCacheStore& cache, const MarkingToken& marks,
+auto with_context(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& cache, const MarkingToken& marks,
                   const ContextOptions& co, Fn&& fn) {
   switch (mode) {
     case ContextMode::Append: {
-      AppendingContext<LlamaModelImpl> ctx(model, cache, marks, co);
+      AppendingContext<LlamaForCausalLMImpl> ctx(model, cache, marks, co);
       return fn(ctx);
     }
     case ContextMode::Prepend: {
-      PrependingContext<LlamaModelImpl> ctx(model, cache, marks, co);
+      PrependingContext<LlamaForCausalLMImpl> ctx(model, cache, marks, co);
       return fn(ctx);
     }
     default: {
       ContextOptions none = co;
       none.marks = false;
-      NoRetrievalContext<LlamaModelImpl> ctx(model, cache, marks, none);
+      NoRetrievalContext<LlamaForCausalLMImpl> ctx(model, cache, marks, none);
       return fn(ctx);
     }
   }

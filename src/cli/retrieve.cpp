@@ -36,7 +36,7 @@ std::shared_ptr<TextEncoder> dense_encoder(const RetrieveArgs& a, const IndexInf
   init_threads(a.threads);
   Checkpoint ck = read_checkpoint(path);
   Tokenizer tok = load_tokenizer(ck, a.tokenizer);
-  LlamaModel model = load_model(ck);
+  LlamaForCausalLM model = load_model(ck);
   ck.tensors.clear();
   const std::string described = std::filesystem::absolute(path).lexically_normal().string();
   return std::make_shared<ModelEncoder>(model, tok, described, info.max_tokens > 0 ? info.max_tokens : 128);

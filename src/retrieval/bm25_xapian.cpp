@@ -77,7 +77,7 @@ std::string title_term(const std::string& normalized) {
 void build_bm25_index(const std::vector<Passage>& passages, const IndexInfo& info_in, const std::string& dir,
                       const ProgressFn& progress) {
   if (passages.empty()) throw InvalidArgument(dir + ": no passages to index");
-  detail::StagingDir stage(dir);
+  StagedDirectory stage(dir, detail::kIndexMarker, "an index");
   IndexInfo info = info_in;
   info.kind = "bm25";
   info.passages = static_cast<int64_t>(passages.size());

@@ -32,7 +32,7 @@ void build_dense_index(const std::vector<Passage>& passages, TextEncoder& encode
   if (passages.empty()) throw InvalidArgument(dir + ": no passages to index");
   const int64_t dim = encoder.dim();
   if (dim <= 0) throw InvalidArgument("dense index: the encoder reports dimension " + std::to_string(dim));
-  detail::StagingDir stage(dir);
+  StagedDirectory stage(dir, detail::kIndexMarker, "an index");
   IndexInfo info = info_in;
   info.kind = "dense";
   info.passages = static_cast<int64_t>(passages.size());

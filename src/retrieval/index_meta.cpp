@@ -1,13 +1,8 @@
-// Index directories: meta.json, atomic replacement, opening by kind.
-#include <fcntl.h>
-#include <stdio.h>  // renameat2 (glibc >= 2.28)
-#include <stdlib.h>
+// Index directories: meta.json, opening by kind.
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "flashback/error.hpp"
 #include "flashback/formats/mapped_file.hpp"
@@ -15,8 +10,6 @@
 #include "index_dir.hpp"
 
 namespace flashback {
-
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -29,83 +22,9 @@ std::string strip_trailing_slashes(std::string p) {
   return p;
 }
 
-std::string parent_of(const std::string& p) {
-  auto slash = p.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : p.substr(0, slash);
-}
-
-void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-// An existing target may be replaced only if it is (or looks like) an index:
-// `--out ~` must not wipe a home directory.
-void check_replaceable(const std::string& target) {
-  struct stat st {};
-  if (::stat(target.c_str(), &st) != 0) return;  // absent: fine
-  if (!S_ISDIR(st.st_mode)) throw Error(target + ": exists and is not a directory; refusing to replace it");
-  std::error_code ec;
-  bool empty = fs::is_empty(target, ec);
-  if (!empty && !fs::exists(target + "/meta.json", ec))
-    throw Error(target + ": exists and is not an index (no meta.json); refusing to replace it");
-}
-
 }  // namespace
 
 namespace detail {
-
-StagingDir::StagingDir(const std::string& target) : target_(strip_trailing_slashes(target)) {
-  if (target_.empty()) throw InvalidArgument("index directory: empty path");
-  check_replaceable(target_);
-  make_directories(parent_of(target_));
-  std::string tmpl = target_ + ".tmp-XXXXXX";
-  if (!::mkdtemp(tmpl.data())) throw Error(target_ + ": cannot create a staging directory: " + errno_text());
-  path_ = tmpl;
-}
-
-StagingDir::~StagingDir() {
-  if (committed_) return;
-  std::error_code ec;
-  fs::remove_all(path_, ec);
-}
-
-void StagingDir::commit() {
-  fsync_dir(path_);
-  check_replaceable(target_);  // again: the target may have appeared while we built
-  struct stat st {};
-  if (::lstat(target_.c_str(), &st) != 0) {
-    if (::rename(path_.c_str(), target_.c_str()) != 0)
-      throw Error(target_ + ": cannot move the new index into place: " + errno_text());
-    committed_ = true;
-  } else if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
-    committed_ = true;  // path_ now holds the old index
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  } else if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
-    // No RENAME_EXCHANGE on this filesystem: move the old index aside first.
-    // A crash between the two renames leaves no index at DIR (the old one
-    // survives as DIR.old-*), still never half of one.
-    std::string old = target_ + ".old-" + path_.substr(path_.size() - 6);
-    if (::rename(target_.c_str(), old.c_str()) != 0)
-      throw Error(target_ + ": cannot move the old index aside: " + errno_text());
-    if (::rename(path_.c_str(), target_.c_str()) != 0) {
-      std::string err = errno_text();
-      ::rename(old.c_str(), target_.c_str());
-      throw Error(target_ + ": cannot move the new index into place: " + err);
-    }
-    committed_ = true;
-    std::error_code ec;
-    fs::remove_all(old, ec);
-  } else {
-    throw Error(target_ + ": cannot swap the new index into place: " + errno_text());
-  }
-  fsync_dir(parent_of(target_));
-}
 
 void write_index_info(const std::string& dir, const IndexInfo& info, const nlohmann::json& extra) {
   nlohmann::ordered_json j;
@@ -117,7 +36,7 @@ void write_index_info(const std::string& dir, const IndexInfo& info, const nlohm
   j["format"] = info.format;
   j["encoder"] = info.encoder;
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
-  write_file_atomic(dir + "/meta.json", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  write_file_atomic(dir + "/" + kIndexMarker, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 nlohmann::json read_index_meta(const std::string& dir_in) {
@@ -125,7 +44,7 @@ nlohmann::json read_index_meta(const std::string& dir_in) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) throw FormatError(dir, "no index here: " + errno_text());
   if (!S_ISDIR(st.st_mode)) throw FormatError(dir, "not an index directory");
-  const std::string meta = dir + "/meta.json";
+  const std::string meta = dir + "/" + kIndexMarker;
   if (::stat(meta.c_str(), &st) != 0) throw FormatError(dir, "not an index: meta.json is missing");
   nlohmann::json j;
   try {

@@ -15,7 +15,7 @@ namespace {
 constexpr size_t kBatch = 16;  // texts per forward pass
 }
 
-ModelEncoder::ModelEncoder(LlamaModel model, Tokenizer tokenizer, std::string description, int64_t max_tokens)
+ModelEncoder::ModelEncoder(LlamaForCausalLM model, Tokenizer tokenizer, std::string description, int64_t max_tokens)
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
       description_(std::move(description)),

@@ -317,19 +317,20 @@ def test_generate_and_evaluate_from_python(tmp_path):
 def test_kernels_switch_gives_the_same_decode():
     """Cached decode with the hand-written kernels and with LibTorch's ops: the same logits (fp32 rounding)."""
     m = LlamaForCausalLM.from_pretrained(STORIES).eval()
+    other = LlamaForCausalLM.from_pretrained(STORIES).eval()
+    other.kernels = "libtorch"  # per model: `m` keeps its kernels
+    assert m.kernels == "auto" and other.kernels == "libtorch"
     ids = torch.tensor([[1, 403, 407, 261, 378, 300, 42, 7]])
     outs = []
-    for on in (True, False):
-        flashback.set_kernels_enabled(on)
-        try:
-            cache = m.core.make_cache(1, 16)
-            with torch.inference_mode():
-                first = m.core.forward_cached(ids[:, :5], cache)
-                steps = [m.core.forward_cached(ids[:, t:t + 1], cache) for t in range(5, 8)]
-            outs.append(torch.cat([first] + steps, 1))
-        finally:
-            flashback.set_kernels_enabled(True)
+    for model in (m, other):
+        cache = model.core.make_cache(1, 16)
+        with torch.inference_mode():
+            first = model.core.forward_cached(ids[:, :5], cache)
+            steps = [model.core.forward_cached(ids[:, t:t + 1], cache) for t in range(5, 8)]
+        outs.append(torch.cat([first] + steps, 1))
     assert (outs[0] - outs[1]).abs().max().item() < 1e-4
+    with pytest.raises(flashback.InvalidArgument, match="unknown kernels"):
+        m.kernels = "fastest"
     full = m(ids)
     full = full.logits if hasattr(full, "logits") else full
     assert (outs[0] - full).abs().max().item() < 1e-4

@@ -14,13 +14,13 @@ namespace flashback {
 class ModelEncoder : public TextEncoder {
  public:
   // `max_tokens`: texts are cut to this many tokens before encoding.
-  ModelEncoder(LlamaModel model, Tokenizer tokenizer, std::string description, int64_t max_tokens = 128);
+  ModelEncoder(LlamaForCausalLM model, Tokenizer tokenizer, std::string description, int64_t max_tokens = 128);
   int64_t dim() const override;
   std::vector<float> encode(const std::vector<std::string>& texts) override;
   std::string describe() const override { return description_; }
 
  private:
-  LlamaModel model_;
+  LlamaForCausalLM model_;
   Tokenizer tokenizer_;
   std::string description_;
   int64_t max_tokens_;

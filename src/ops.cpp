@@ -1,0 +1,138 @@
+// Ops: each function first asks whether a hand-written kernel applies, then
+// falls back to the LibTorch reference written below it.
+#include "flashback/ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "flashback/error.hpp"
+#include "flashback/kernels.hpp"
+
+namespace flashback {
+
+Kernels parse_kernels(const std::string& name) {
+  if (name == "auto") return Kernels::Auto;
+  if (name == "libtorch") return Kernels::LibTorch;
+  throw InvalidArgument("unknown kernels '" + name + "' (auto, libtorch)");
+}
+
+const char* kernels_name(Kernels k) { return k == Kernels::Auto ? "auto" : "libtorch"; }
+
+bool Ops::kernels_on() const { return kernels_ == Kernels::Auto; }
+
+// ---------------------------------------------------------------- linear
+at::Tensor Ops::linear(const at::Tensor& x, const at::Tensor& w) const {
+  // One row (decode) over bf16 weights: LibTorch's bf16 gemv runs at ~2% of
+  // the memory bandwidth here, the kernel near it.
+  if (kernels_on() && w.scalar_type() == at::kBFloat16 && kernels::gemv_usable(w, x)) return kernels::gemv(w, x);
+  // One fp32 row: BLAS gemv, several times faster than a 1-row GEMM.
+  if (x.numel() == x.size(-1) && (x.scalar_type() == at::kFloat || !x.is_cpu())) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    return at::mv(w, x.reshape({-1})).view(shape);  // [..., out]
+  }
+  // LibTorch 1.13's CPU bf16 GEMM is ~100x slower than its fp32 one without
+  // AVX-512 BF16: several bf16 rows run as one fp32 GEMM.
+  if (x.is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16)
+    return at::linear(x.to(at::kFloat), w.to(at::kFloat)).to(at::kBFloat16);  // [..., out]
+  return at::linear(x, w);  // [..., out]
+}
+
+// ---------------------------------------------------------------- RMSNorm
+at::Tensor Ops::rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) const {
+  if (kernels_on() && kernels::rms_norm_usable(x, w)) return kernels::rms_norm(x, w, eps);
+  at::Tensor xf = x.to(at::kFloat);                                            // [..., C]
+  at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);  // [..., 1]
+  return w * (xf * inv_rms).to(x.scalar_type());                               // [..., C]
+}
+
+// ---------------------------------------------------------------- RoPE
+namespace {
+// [x1, x2] -> [-x2, x1] over the last dim.
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> Ops::rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                              const at::Tensor& sin) const {
+  if (kernels_on() && kernels::rotary_usable(q, cos, sin) && kernels::rotary_usable(k, cos, sin))
+    return {kernels::rotary(q, cos, sin), kernels::rotary(k, cos, sin)};
+  // cos/sin: [T, D] -> broadcast over [B, H]; [B, T, D] -> [B, 1, T, D].
+  at::Tensor c = (cos.dim() == 3 ? cos.unsqueeze(1) : cos).to(q.scalar_type());
+  at::Tensor s = (sin.dim() == 3 ? sin.unsqueeze(1) : sin).to(q.scalar_type());
+  return {q * c + rotate_half(q) * s, k * c + rotate_half(k) * s};  // [B, H, T, D], [B, Hkv, T, D]
+}
+
+// ---------------------------------------------------------------- attention
+at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) const {
+  // One new token (decode): the kernel reads each cached key and value once,
+  // in its storage dtype.
+  const bool decode = q.size(2) == 1 && start + 1 == k.size(2);
+  if (kernels_on() && decode && kernels::decode_attention_usable(q, k, v)) return kernels::decode_attention(q, k, v);
+  return grouped_causal_attention(q, k, v, start);
+}
+
+namespace {
+// Rows of queries per block: at most kQueryBlock, and few enough that the
+// scores of one block, [B, Hkv, G*Tb, S] in fp32, stay under kScoreBlockBytes
+// (a long prefill never holds a T x S score matrix per head). Block i only
+// scores the keys it can see, so causal prefill skips about half of the
+// masked work (T = 512: 56% of the full square).
+constexpr int64_t kScoreBlockBytes = int64_t(32) << 20;
+constexpr int64_t kQueryBlock = 64;
+
+// softmax(q k^T / sqrt(D) + causal mask) v for the queries of slots
+// [start, start + T). q: [B, H, T, D], k, v: [B, Hkv, S, D] -> [B, H, T, D].
+at::Tensor attention_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2), G = H / Hkv;
+  // Heads h = g_kv * G + g share KV head g_kv: fold the G query heads of a
+  // group into the row dimension instead of repeating K and V.
+  at::Tensor qg = q.reshape({B, Hkv, G * T, D}) * (1.0 / std::sqrt(double(D)));  // [B, Hkv, G*T, D]
+  at::Tensor scores = at::matmul(qg, k.transpose(-1, -2));                         // [B, Hkv, G*T, S]
+  scores = scores.to(at::kFloat).view({B, Hkv, G, T, S});                          // [B, Hkv, G, T, S]
+  if (T > 1 || start + T < S) {
+    // Query at slot start + i may see key slots j <= start + i.
+    auto idx = at::TensorOptions().dtype(at::kLong).device(q.device());
+    at::Tensor qslot = at::arange(start, start + T, idx).unsqueeze(1);  // [T, 1]
+    at::Tensor kslot = at::arange(S, idx).unsqueeze(0);                 // [1, S]
+    scores.masked_fill_(kslot > qslot, -std::numeric_limits<float>::infinity());
+  }
+  at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());  // [B, Hkv, G, T, S]
+  at::Tensor out = at::matmul(probs.view({B, Hkv, G * T, S}), v);  // [B, Hkv, G*T, D]
+  return out.view({B, H, T, D});                                   // [B, H, T, D]
+}
+}  // namespace
+
+at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  const int64_t S = k.size(2);
+  // LibTorch 1.13's CPU half/bf16 matmuls are far slower than fp32: compute in fp32.
+  if (q.is_cpu() && q.scalar_type() != at::kFloat)
+    return grouped_causal_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), start).to(q.scalar_type());
+  const int64_t rows =
+      std::clamp<int64_t>(kScoreBlockBytes / (B * H * S * int64_t(sizeof(float))), 1, kQueryBlock);
+  if (T <= rows) return attention_block(q, k, v, start);
+  // Long prefill: query blocks of `rows` slots; block i sees keys [0, start + t0 + Tb).
+  std::vector<at::Tensor> outs;
+  for (int64_t t0 = 0; t0 < T; t0 += rows) {
+    const int64_t tb = std::min(rows, T - t0), s = start + t0 + tb;
+    outs.push_back(attention_block(q.narrow(2, t0, tb), k.narrow(2, 0, s), v.narrow(2, 0, s), start + t0));
+  }
+  return at::cat(outs, 2);  // [B, H, T, D]
+}
+
+// ---------------------------------------------------------------- SwiGLU
+at::Tensor Ops::silu_mul(const at::Tensor& gate, const at::Tensor& up) const {
+  // One row (decode): the fused gate saves two small ops; longer inputs keep
+  // LibTorch's vectorised silu.
+  if (kernels_on() && gate.numel() == gate.size(-1) && kernels::silu_mul_usable(gate, up))
+    return kernels::silu_mul(gate, up);  // [..., F]
+  return at::silu(gate) * up;           // [..., F]
+}
+
+}  // namespace flashback
