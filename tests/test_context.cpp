@@ -87,24 +87,37 @@ std::vector<int64_t> encode(const Tokenizer& tok, const std::string& text) {
   return {ids.begin(), ids.end()};
 }
 
+// The documents `r` retrieves, or none without a retriever.
+std::unique_ptr<DocumentSource> source(Setup& s, Retriever* r, const RalmOptions& ro) {
+  if (!r) return std::make_unique<NoDocuments>();
+  return std::make_unique<RetrievedDocuments>(*r, s.tok, ro);
+}
+
+// Greedy, no EOS stop: every run generates exactly n tokens.
+GenerateOptions greedy(int64_t n) {
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.stop_at_eos = false;
+  return g;
+}
+
 template <template <class> class Ctx>
-RalmResult run_generate(Setup& s, ContextOptions co, RalmOptions ro, Retriever* r, const std::vector<int64_t>& prompt,
-                        int64_t n, std::vector<int64_t>* layout = nullptr) {
-  KVCacheStore cache = s.model->make_cache(1, 256);
-  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
-  DocumentSource src(r, s.tok, ro);
-  Sampler greedy(SamplingOptions{});
-  RalmResult out = ralm_generate(ctx, src, prompt, n, greedy);
+GenerateResult run_generate(Setup& s, RalmOptions ro, Retriever* r, const std::vector<int64_t>& prompt, int64_t n,
+                            std::vector<int64_t>* layout = nullptr) {
+  if (ro.max_length == 0) ro.max_length = 256;
+  KVCacheStore cache = make_context_cache(*s.model, ro);
+  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
+  GenerateResult out = generate(ctx, *source(s, r, ro), prompt, greedy(n));
   if (layout) *layout = ctx.layout();
   return out;
 }
 
 template <template <class> class Ctx>
-EvalResult run_eval(Setup& s, ContextOptions co, RalmOptions ro, Retriever* r, const std::vector<int64_t>& ids) {
-  KVCacheStore cache = s.model->make_cache(1, 256);
-  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
-  DocumentSource src(r, s.tok, ro);
-  return ralm_evaluate(ctx, src, ids);
+EvalResult run_eval(Setup& s, RalmOptions ro, Retriever* r, const std::vector<int64_t>& ids) {
+  if (ro.max_length == 0) ro.max_length = 256;
+  KVCacheStore cache = make_context_cache(*s.model, ro);
+  Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
+  return evaluate(ctx, *source(s, r, ro), ids);
 }
 
 const char* kStory =
@@ -162,15 +175,12 @@ TEST_CASE("generation with marks never emits them", "[marks]") {
   const std::vector<int64_t> prompt = {1, 403};
   at::Tensor h = s.model->hidden_states(at::tensor(prompt, at::kLong).view({1, -1}), {}, nullptr)[0][1];  // [C]
   s.model->output_weight().narrow(0, 512, 2).copy_((1000.0 * h / h.norm()).unsqueeze(0).expand({2, -1}));
-  GenerateOptions go;
-  go.max_new_tokens = 20;
-  go.stop_at_eos = false;
+  GenerateOptions go = greedy(20);
   KVCacheStore c1 = s.model->make_cache(1, 64);
   CHECK(generate(*s.model, c1, prompt, go).ids[0] >= 512);  // unmasked, a mark wins
-  go.marks = s.marks;
   go.sampling.temperature = 1.0;
   KVCacheStore c2 = s.model->make_cache(1, 64);
-  for (int64_t id : generate(*s.model, c2, prompt, go).ids) CHECK(id < 512);
+  for (int64_t id : generate(*s.model, c2, prompt, go, {}, s.marks).ids) CHECK(id < 512);
 }
 
 TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layout", "[context][exact]") {
@@ -182,52 +192,49 @@ TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layou
       const auto text = encode(s.tok, kStory);
       for (const int64_t k : {1, 2}) {
         DYNAMIC_SECTION((random ? "random GQA" : "stories260K") << (marks ? " marks" : " no marks") << " k=" << k) {
-          RalmOptions ro;
-          ro.stride = 8;
-          ro.query_tokens = 16;
-          ro.doc_tokens = 24;
-          ro.k = k;
-          ContextOptions fast, ref;
-          fast.marks = ref.marks = marks;
-          fast.reserve = ref.reserve = ro.stride;
+          RalmOptions fast;
+          fast.stride = 8;
+          fast.query_tokens = 16;
+          fast.doc_tokens = 24;
+          fast.k = k;
+          fast.marks = marks;
+          RalmOptions ref = fast;
           ref.kv_reuse = false;
 
-          auto a1 = run_generate<AppendingContext>(s, fast, ro, &pool, prompt, 40);
-          auto a2 = run_generate<AppendingContext>(s, ref, ro, &pool, prompt, 40);
+          auto a1 = run_generate<AppendingContext>(s, fast, &pool, prompt, 40);
+          auto a2 = run_generate<AppendingContext>(s, ref, &pool, prompt, 40);
           CHECK(a1.ids == a2.ids);
           CHECK(a1.stats.retrievals == 5);
-          auto p1 = run_generate<PrependingContext>(s, fast, ro, &pool, prompt, 40);
-          auto p2 = run_generate<PrependingContext>(s, ref, ro, &pool, prompt, 40);
+          auto p1 = run_generate<PrependingContext>(s, fast, &pool, prompt, 40);
+          auto p2 = run_generate<PrependingContext>(s, ref, &pool, prompt, 40);
           CHECK(p1.ids == p2.ids);
 
-          auto e1 = run_eval<AppendingContext>(s, fast, ro, &pool, text);
-          auto e2 = run_eval<AppendingContext>(s, ref, ro, &pool, text);
+          auto e1 = run_eval<AppendingContext>(s, fast, &pool, text);
+          auto e2 = run_eval<AppendingContext>(s, ref, &pool, text);
           CHECK(e1.tokens == static_cast<int64_t>(text.size()) - 1);
-          CHECK(std::abs(e1.mean_nll() - e2.mean_nll()) < 1e-5);
-          auto f1 = run_eval<PrependingContext>(s, fast, ro, &pool, text);
-          auto f2 = run_eval<PrependingContext>(s, ref, ro, &pool, text);
-          CHECK(std::abs(f1.mean_nll() - f2.mean_nll()) < 1e-5);
+          CHECK(std::abs(e1.nll() - e2.nll()) < 1e-5);
+          auto f1 = run_eval<PrependingContext>(s, fast, &pool, text);
+          auto f2 = run_eval<PrependingContext>(s, ref, &pool, text);
+          CHECK(std::abs(f1.nll() - f2.nll()) < 1e-5);
           // The documents matter: the modes see different layouts.
-          CHECK(std::abs(e1.mean_nll() - f1.mean_nll()) > 1e-4);
+          CHECK(std::abs(e1.nll() - f1.nll()) > 1e-4);
         }
       }
     }
   }
   SECTION("no retrieval") {
     Setup s = stories(false);
-    ContextOptions fast, ref;
-    fast.marks = ref.marks = false;
-    ref.kv_reuse = false;
-    RalmOptions ro;
+    RalmOptions fast, ref;
+    ref.kv_reuse = false;  // marks stay on: mode none never places them
     auto text = encode(s.tok, kStory);
-    auto n1 = run_eval<NoRetrievalContext>(s, fast, ro, nullptr, text);
-    auto n2 = run_eval<NoRetrievalContext>(s, ref, ro, nullptr, text);
-    CHECK(std::abs(n1.mean_nll() - n2.mean_nll()) < 1e-5);
+    auto n1 = run_eval<NoRetrievalContext>(s, fast, nullptr, text);
+    auto n2 = run_eval<NoRetrievalContext>(s, ref, nullptr, text);
+    CHECK(std::abs(n1.nll() - n2.nll()) < 1e-5);
     // Without documents, block-wise scoring is plain causal scoring.
     at::Tensor ids = at::tensor(text, at::kLong).view({1, -1});
     at::Tensor logp = at::log_softmax(s.model->forward(ids).squeeze(0).to(at::kDouble), -1);
     double nll = -logp.narrow(0, 0, ids.size(1) - 1).gather(1, ids.squeeze(0).narrow(0, 1, ids.size(1) - 1).unsqueeze(1)).mean().item<double>();
-    CHECK(std::abs(n1.mean_nll() - nll) < 1e-5);
+    CHECK(std::abs(n1.nll() - nll) < 1e-5);
   }
 }
 
@@ -237,15 +244,12 @@ TEST_CASE("after many retrievals the cache holds exactly the layout", "[context]
   RalmOptions ro;
   ro.stride = 4;
   ro.doc_tokens = 20;
-  ContextOptions co;
-  co.reserve = ro.stride;
-  co.max_length = 128;  // small enough to force window slides too
+  ro.max_length = 128;  // small enough to force window slides too
   KVCacheStore cache = s.model->make_cache(1, 256);
-  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
-  DocumentSource src(&pool, s.tok, ro);
-  Sampler greedy(SamplingOptions{});
+  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
+  RetrievedDocuments src(pool, s.tok, ro);
   c10::InferenceMode guard;
-  RalmResult r = ralm_generate(ctx, src, encode(s.tok, kStory), 150, greedy);
+  GenerateResult r = generate(ctx, src, encode(s.tok, kStory), greedy(150));
   CHECK(r.stats.retrievals >= 30);
   CHECK(r.stats.window_slides >= 1);
   const auto& layout = ctx.layout();
@@ -275,25 +279,21 @@ TEST_CASE("accounting: what each retrieval re-encodes", "[context][accounting]")
   const auto prompt = encode(s.tok, "Once upon a time, Lily went to the park with her mom and dad.");
   const int64_t P = static_cast<int64_t>(prompt.size()), s_ = ro.stride, doc = 20;
   for (const bool marks : {true, false}) {
-    ContextOptions co;
-    co.marks = marks;
-    co.reserve = ro.stride;
+    ro.marks = marks;
     const int64_t m = marks ? 2 : 0;
-    auto a = run_generate<AppendingContext>(s, co, ro, &pool, prompt, 64);
+    auto a = run_generate<AppendingContext>(s, ro, &pool, prompt, 64);
     REQUIRE(a.stats.reencoded_per_place.size() == 4);
     CHECK(a.stats.reencoded_per_place[0] == P + doc + m);  // the first place() encodes the prompt too
     for (size_t i = 1; i < 4; ++i) CHECK(a.stats.reencoded_per_place[i] == s_ + doc + m);
     CHECK(a.stats.tokens_decoded == 63);
     CHECK(a.stats.retrievals == 4);
 
-    auto p = run_generate<PrependingContext>(s, co, ro, &pool, prompt, 64);
+    auto p = run_generate<PrependingContext>(s, ro, &pool, prompt, 64);
     REQUIRE(p.stats.reencoded_per_place.size() == 4);
     for (size_t i = 0; i < 4; ++i) CHECK(p.stats.reencoded_per_place[i] == doc + m + P + int64_t(i) * s_);
     CHECK(p.stats.tokens_decoded == 63);
   }
-  ContextOptions none;
-  none.marks = false;
-  auto n = run_generate<NoRetrievalContext>(s, none, ro, nullptr, prompt, 64);
+  auto n = run_generate<NoRetrievalContext>(s, ro, nullptr, prompt, 64);
   CHECK(n.stats.retrievals == 0);
   CHECK(n.stats.tokens_reencoded == P);
   CHECK(n.stats.tokens_decoded == 63);
@@ -307,28 +307,26 @@ TEST_CASE("the window slides instead of overflowing, and stays exact", "[context
   ro.stride = 8;
   ro.doc_tokens = 30;
   for (const double keep : {1.0, 0.5}) {
-    ContextOptions fast, ref;
-    fast.reserve = ref.reserve = ro.stride;
-    fast.max_length = ref.max_length = 96;
-    fast.window_keep = ref.window_keep = keep;
+    RalmOptions fast = ro;
+    fast.max_length = 96;
+    fast.window_keep = keep;
+    RalmOptions ref = fast;
     ref.kv_reuse = false;
-    auto e1 = run_eval<AppendingContext>(s, fast, ro, &pool, text);
-    auto e2 = run_eval<AppendingContext>(s, ref, ro, &pool, text);
+    auto e1 = run_eval<AppendingContext>(s, fast, &pool, text);
+    auto e2 = run_eval<AppendingContext>(s, ref, &pool, text);
     CHECK(e1.stats.window_slides > 0);
-    CHECK(std::abs(e1.mean_nll() - e2.mean_nll()) < 1e-5);
-    auto p1 = run_eval<PrependingContext>(s, fast, ro, &pool, text);
-    auto p2 = run_eval<PrependingContext>(s, ref, ro, &pool, text);
-    CHECK(std::abs(p1.mean_nll() - p2.mean_nll()) < 1e-5);
+    CHECK(std::abs(e1.nll() - e2.nll()) < 1e-5);
+    auto p1 = run_eval<PrependingContext>(s, fast, &pool, text);
+    auto p2 = run_eval<PrependingContext>(s, ref, &pool, text);
+    CHECK(std::abs(p1.nll() - p2.nll()) < 1e-5);
     // keep = 1.0 slides at (almost) every block; 0.5 much less often.
     if (keep == 1.0) CHECK(e1.stats.window_slides > 10);
   }
   // Long generation without retrieval slides too.
-  ContextOptions none;
-  none.marks = false;
+  RalmOptions none;
   none.max_length = 40;
-  RalmOptions ro2;
-  ro2.stride = 1000;
-  auto n = run_generate<NoRetrievalContext>(s, none, ro2, nullptr, encode(s.tok, "Once upon a time"), 120);
+  none.stride = 16;
+  auto n = run_generate<NoRetrievalContext>(s, none, nullptr, encode(s.tok, "Once upon a time"), 120);
   CHECK(n.ids.size() == 120);
   CHECK(n.stats.window_slides > 0);
 }
@@ -338,24 +336,27 @@ TEST_CASE("RALM bad input", "[context][bad]") {
   Setup s = stories(true);
   Setup plain = stories(false);
   KVCacheStore cache = s.model->make_cache(1, 64);
-  ContextOptions co;
-  co.max_length = 600;
-  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, co), Catch::Contains("exceeds"));
-  co.max_length = 0;
-  co.reserve = 64;
-  CHECK_THROWS_AS(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, co), InvalidArgument);
-  co.reserve = 8;
-  KVCacheStore pc = plain.model->make_cache(1, 64);
-  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*plain.model, pc, plain.marks, co), Catch::Contains("no marking tokens"));
   RalmOptions ro;
-  ro.stride = 0;
-  CHECK_THROWS_AS(DocumentSource(&pool, s.tok, ro), InvalidArgument);
+  ro.max_length = 600;
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, ro), Catch::Contains("exceeds"));
+  ro.max_length = 0;  // the default, 512, exceeds this cache of 64 as well
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, ro), Catch::Contains("exceeds"));
+  ro.max_length = 64;
+  ro.stride = 64;
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*s.model, cache, s.marks, ro), Catch::Contains("stride"));
   ro.stride = 8;
+  KVCacheStore pc = plain.model->make_cache(1, 64);
+  CHECK_THROWS_WITH(AppendingContext<LlamaForCausalLMImpl>(*plain.model, pc, plain.marks, ro),
+                    Catch::Contains("no marking tokens"));
+  // Mode none never needs them.
+  CHECK_NOTHROW(NoRetrievalContext<LlamaForCausalLMImpl>(*plain.model, pc, plain.marks, ro));
+  RalmOptions zero;
+  zero.stride = 0;
+  CHECK_THROWS_AS(RetrievedDocuments(pool, s.tok, zero), InvalidArgument);
   ro.doc_tokens = 60;  // 60 + 2 marks + stride 8 > 64 positions
-  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, co);
-  DocumentSource src(&pool, s.tok, ro);
-  Sampler greedy(SamplingOptions{});
-  CHECK_THROWS_WITH(ralm_generate(ctx, src, {1, 403}, 10, greedy), Catch::Contains("leave no room for the input"));
+  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
+  RetrievedDocuments src(pool, s.tok, ro);
+  CHECK_THROWS_WITH(generate(ctx, src, {1, 403}, greedy(10)), Catch::Contains("leave no room for the input"));
   // A retriever that finds nothing: generation goes on without a document.
   PoolRetriever empty(kPool);
   TitleFilter all;
@@ -363,9 +364,9 @@ TEST_CASE("RALM bad input", "[context][bad]") {
   all.add("Pool");
   empty.set_title_filter(all);
   ro.doc_tokens = 16;
-  DocumentSource none_found(&empty, s.tok, ro);
-  AppendingContext<LlamaForCausalLMImpl> ctx2(*s.model, cache, s.marks, co);
-  RalmResult r = ralm_generate(ctx2, none_found, {1, 403}, 20, greedy);
+  RetrievedDocuments none_found(empty, s.tok, ro);
+  AppendingContext<LlamaForCausalLMImpl> ctx2(*s.model, cache, s.marks, ro);
+  GenerateResult r = generate(ctx2, none_found, {1, 403}, greedy(20));
   CHECK(r.ids.size() == 20);
   CHECK(r.stats.retrievals == 0);
   CHECK(empty.calls == 3);

@@ -5,76 +5,62 @@
 //   PrependingContext (In-Context RALM)  [BOS][<MARK_L>? docs <MARK_R>?][input][recent]
 //   NoRetrievalContext                   [input][recent]
 //
-// "recent" are the tokens appended since the last retrieval. At a retrieval
-// (place()) they join the input. Appending truncates the cache to the end of
-// the old input and re-encodes only recent + the new document block:
-// s + |doc| + 2 tokens whatever the input's length. Prepending changes the
-// prefix, so it re-encodes everything: |doc| (+2) + |input|.
+// (layout.hpp writes the three layouts out.) "recent" are the tokens appended
+// since the last retrieval. At a retrieval (place()) they join the input.
+// Appending truncates the cache to the end of the old input and re-encodes
+// only recent + the new document block: s + |doc| + 2 tokens whatever the
+// input's length. Prepending changes the prefix, so it re-encodes
+// everything: |doc| (+2) + |input|.
 //
-// Slots are positions (contiguous from 0). With kv_reuse = false every step
-// recomputes the whole layout from scratch: the reference that proves the
-// fast path exact.
+// Slots are positions, contiguous from 0, and every forward passes them
+// explicitly. With kv_reuse = false every step recomputes the whole layout
+// from scratch: the reference that proves the fast path exact.
 //
 // Window policy: the layout may use `max_length` positions. A retrieval needs
-// |input| + |block| + reserve <= max_length (reserve = the tokens appended
-// before the next retrieval, the stride). When that fails, the input slides:
-// BOS stays at position 0 and only the newest input tokens are kept, leaving
-// a fraction `window_keep` of the input budget (1.0 drops as little as
-// possible, smaller values slide less often); the kept input is re-encoded
-// from position 1. Appending past max_length between retrievals folds the
-// tokens appended so far into the input and slides it the same way, keeping
-// the current documents. Nothing is ever written
-// past the cache's capacity: a block that cannot fit with the reserve and at
-// least one input token is an InvalidArgument.
+// |input| + |block| + stride <= max_length (the stride: the tokens appended
+// before the next retrieval). When that fails, the input slides: BOS stays at
+// position 0 and only the newest input tokens are kept, leaving a fraction
+// `window_keep` of the input budget (1.0 drops as little as possible, smaller
+// values slide less often); the kept input is re-encoded from position 1.
+// Appending past max_length between retrievals folds the tokens appended so
+// far into the input and slides it the same way, keeping the current
+// documents. Nothing is ever written past the cache's capacity: a block that
+// cannot fit with the stride and at least one input token is an
+// InvalidArgument.
 //
-// Templated over the model: anything with hidden_states(tokens, positions,
-// cache*), logits(hidden) and config() (LlamaForCausalLMImpl).
+// Templated over the model: anything with
+//   hidden_states(tokens [1, T], positions [T], KVCacheStore*) -> [1, T, C]
+//   logits(hidden [..., C]) -> [..., V],  config() (a LlamaConfig),  device()
+// (LlamaForCausalLMImpl; the tests' recording model). A context is one
+// sequence: not thread-safe; many contexts may share one model.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "flashback/error.hpp"
 #include "flashback/kv_cache.hpp"
+#include "flashback/layout.hpp"
 #include "flashback/marking_token.hpp"
+#include "flashback/options.hpp"
 
 namespace flashback {
 
-enum class ContextMode { Append, Prepend, None };
-
-inline ContextMode parse_context_mode(const std::string& s) {
-  if (s == "append") return ContextMode::Append;
-  if (s == "prepend") return ContextMode::Prepend;
-  if (s == "none") return ContextMode::None;
-  throw InvalidArgument("unknown mode '" + s + "' (append, prepend, none)");
-}
-inline const char* context_mode_name(ContextMode m) {
-  return m == ContextMode::Append ? "append" : m == ContextMode::Prepend ? "prepend" : "none";
-}
-
-struct ContextOptions {
-  bool marks = true;         // bracket documents with <MARK_L> ... <MARK_R> (needs a model with marks)
-  bool kv_reuse = true;      // false: recompute the whole layout at every step (the exactness reference)
-  int64_t max_length = 0;    // positions the layout may use; 0 = the cache's capacity
-  int64_t reserve = 16;      // positions kept free after the documents (the stride)
-  double window_keep = 0.5;  // on a slide, the fraction of the input budget kept
-};
-
-// Counters and time splits; the RALM loops add retrieval time.
+// Counters and time splits; the loops add retrieval time.
 struct ContextStats {
   int64_t retrievals = 0;        // place() calls that brought at least one document
   int64_t tokens_reencoded = 0;  // tokens encoded by place() and window slides
   int64_t tokens_decoded = 0;    // tokens encoded by append()
   int64_t window_slides = 0;
   int64_t forwards = 0;          // model calls
-  double retrieve_seconds = 0;   // filled in by the RALM loop
+  double retrieve_seconds = 0;   // filled in by the loops
   double reencode_seconds = 0;
   double decode_seconds = 0;
   std::vector<int64_t> reencoded_per_place;  // tokens encoded by each place(), in order
@@ -83,22 +69,9 @@ struct ContextStats {
 template <class Model>
 class ContextBase {
  public:
-  ContextBase(Model& model, KVCacheStore& cache, MarkingToken marks, ContextOptions options)
-      : model_(&model), cache_(&cache), marks_(marks), options_(options) {
-    const int64_t cap = std::min(cache.capacity(), model.config().max_position_embeddings);
-    if (options_.max_length <= 0) options_.max_length = cap;
-    if (options_.max_length > cap)
-      throw InvalidArgument("max length " + std::to_string(options_.max_length) +
-                            " exceeds the cache capacity / maximum position (" + std::to_string(cap) + ")");
-    if (options_.reserve < 0 || options_.reserve >= options_.max_length)
-      throw InvalidArgument("the reserve (stride) must be in [0, max length)");
-    if (!(options_.window_keep > 0.0 && options_.window_keep <= 1.0))
-      throw InvalidArgument("window_keep must be in (0, 1]");
-    if (options_.marks && !marks_.present())
-      throw InvalidArgument("marks are on but the model has no marking tokens (add them first)");
-    if (cache.batch() != 1) throw InvalidArgument("a RALM context needs a cache of batch 1");
-  }
   virtual ~ContextBase() = default;
+  ContextBase(const ContextBase&) = delete;
+  ContextBase& operator=(const ContextBase&) = delete;
 
   // Starts a new sequence; nothing is encoded until place().
   void reset(std::vector<int64_t> input) {
@@ -114,20 +87,19 @@ class ContextBase {
     stats_ = {};
   }
 
-  // Places the documents of a retrieval (none is fine: then no block at all)
-  // and returns the logits [V] for the token that follows the layout.
+  // Places the documents of a retrieval (none is fine: then no block at all;
+  // mode none ignores them) and returns the logits [V] for the token that
+  // follows the layout.
   at::Tensor place(const std::vector<std::vector<int64_t>>& docs) {
+    if (input_.empty()) throw InvalidArgument("place() before reset(): no input");
     auto t0 = std::chrono::steady_clock::now();
     const int64_t old_input = input_in_layout_, old_layout = static_cast<int64_t>(layout_.size());
     input_.insert(input_.end(), recent_.begin(), recent_.end());  // the recent tokens join the input
     recent_.clear();
-    block_ = options_.marks ? marks_.wrap(docs) : MarkingToken().wrap(docs);
-    if (static_cast<int64_t>(block_.size()) + options_.reserve + 1 > options_.max_length)
-      throw InvalidArgument("documents of " + std::to_string(block_.size()) + " tokens (with marks) plus the stride of " +
-                            std::to_string(options_.reserve) + " leave no room for the input within max length " +
-                            std::to_string(options_.max_length));
-    int64_t from = first_changed_slot(old_input, old_layout);
-    const int64_t budget = options_.max_length - static_cast<int64_t>(block_.size()) - options_.reserve;
+    block_ = document_block(options_.mode, docs, block_marks());
+    check_block_fits(static_cast<int64_t>(block_.size()));
+    int64_t from = first_changed_slot(options_.mode, old_input, old_layout);
+    const int64_t budget = options_.max_length - static_cast<int64_t>(block_.size()) - options_.stride;
     if (static_cast<int64_t>(input_.size()) > budget && slide_input(budget)) from = std::min<int64_t>(from, 1);
     rebuild_layout();
     const int64_t encoded = encode_from(from, 1);
@@ -152,7 +124,7 @@ class ContextBase {
     } else {
       // Past the window between retrievals: the tokens appended so far join
       // the input, which slides; the documents stay; the new tokens follow.
-      const int64_t budget = options_.max_length - static_cast<int64_t>(block_.size()) - std::max(n, options_.reserve);
+      const int64_t budget = options_.max_length - static_cast<int64_t>(block_.size()) - std::max(n, options_.stride);
       if (budget < 1)
         throw InvalidArgument("appending " + std::to_string(n) + " tokens after documents of " +
                               std::to_string(block_.size()) + " overflows max length " +
@@ -171,6 +143,20 @@ class ContextBase {
     return rows;
   }
 
+  // Throws InvalidArgument unless a block of `document_tokens` tokens of
+  // documents (with the marks when they are on) plus the stride leaves room
+  // for at least one input token in the window: the loops ask before they
+  // start, with the largest block their source can bring.
+  void check_documents_fit(int64_t document_tokens) const {
+    if (!retrieves() || document_tokens <= 0) return;
+    check_block_fits(document_tokens + (options_.marks ? 2 : 0));
+  }
+
+  ContextMode mode() const { return options_.mode; }
+  bool retrieves() const { return options_.mode != ContextMode::None; }
+  const ContextOptions& options() const { return options_; }
+  const MarkingToken& marks() const { return marks_; }
+  Model& model() const { return *model_; }
   const std::vector<int64_t>& layout() const { return layout_; }
   // The running token sequence: input (after any slide) + recent.
   std::vector<int64_t> text() const {
@@ -180,18 +166,41 @@ class ContextBase {
   }
   const ContextStats& stats() const { return stats_; }
   ContextStats& stats() { return stats_; }
-  const ContextOptions& options() const { return options_; }
-  const MarkingToken& marks() const { return marks_; }
 
  protected:
-  // The layout for the current input_, block_ and recent_.
-  virtual std::vector<int64_t> build_layout() const = 0;
-  // The first slot a place() changes, given the input's length and the
-  // layout's length before it (the recent tokens have joined the input).
-  virtual int64_t first_changed_slot(int64_t old_input, int64_t old_layout) const = 0;
+  // `options` resolved for `mode` (options.hpp); marks: the model's marking
+  // tokens (absent: a model without them), which are also stripped from the
+  // logits the loops sample and score.
+  ContextBase(ContextMode mode, Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
+      : model_(&model),
+        cache_(&cache),
+        marks_(marks),
+        options_(ContextOptions::resolve(mode, options, model.config().max_position_embeddings)) {
+    const int64_t cap = std::min(cache.capacity(), model.config().max_position_embeddings);
+    if (options_.max_length > cap)
+      throw InvalidArgument("max length " + std::to_string(options_.max_length) +
+                            " exceeds the cache capacity / maximum position (" + std::to_string(cap) + ")");
+    if (options_.stride >= options_.max_length)
+      throw InvalidArgument("the stride (" + std::to_string(options_.stride) + ") must be below the max length (" +
+                            std::to_string(options_.max_length) + ")");
+    if (options_.marks && !marks_.present())
+      throw InvalidArgument("marks are on but the model has no marking tokens (add them first)");
+    if (cache.batch() != 1) throw InvalidArgument("a RALM context needs a cache of batch 1");
+  }
+
+ private:
+  // The marks that bracket documents: the model's when the options turn them on.
+  MarkingToken block_marks() const { return options_.marks ? marks_ : MarkingToken(); }
+
+  void check_block_fits(int64_t block) const {
+    if (block + options_.stride + 1 > options_.max_length)
+      throw InvalidArgument("documents of " + std::to_string(block) + " tokens" + (options_.marks ? " (with marks)" : "") +
+                            " plus the stride of " + std::to_string(options_.stride) +
+                            " leave no room for the input within max length " + std::to_string(options_.max_length));
+  }
 
   void rebuild_layout() {
-    layout_ = build_layout();
+    layout_ = build_layout(options_.mode, input_, block_, recent_, model_->config().bos_token_id);
     input_in_layout_ = static_cast<int64_t>(input_.size());
   }
 
@@ -225,8 +234,10 @@ class ContextBase {
     effective_from_ = from;
     cache_->truncate(std::min(from, cache_->size()));
     std::vector<int64_t> todo(layout_.begin() + from, layout_.end());
+    auto idx = at::TensorOptions().dtype(at::kLong).device(model_->device());
     at::Tensor ids = at::tensor(todo, at::kLong).view({1, -1}).to(model_->device());  // [1, n - from]
-    at::Tensor h = model_->hidden_states(ids, {}, cache_);                            // [1, n - from, C]
+    at::Tensor positions = at::arange(from, n, idx);                                  // [n - from]: slot = position
+    at::Tensor h = model_->hidden_states(ids, positions, cache_);                     // [1, n - from, C]
     rows = std::min<int64_t>(rows, n - from);
     at::Tensor out = model_->logits(h.narrow(1, h.size(1) - rows, rows)).squeeze(0);  // [rows, V]
     last_logits_ = out.select(0, rows - 1);                                           // [V]
@@ -259,16 +270,8 @@ class ContextBase {
 template <class Model>
 class AppendingContext : public ContextBase<Model> {
  public:
-  using ContextBase<Model>::ContextBase;
-
- protected:
-  std::vector<int64_t> build_layout() const override {
-    std::vector<int64_t> l = this->input_;
-    l.insert(l.end(), this->block_.begin(), this->block_.end());
-    l.insert(l.end(), this->recent_.begin(), this->recent_.end());
-    return l;
-  }
-  int64_t first_changed_slot(int64_t old_input, int64_t) const override { return old_input; }
+  AppendingContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
+      : ContextBase<Model>(ContextMode::Append, model, cache, marks, options) {}
 };
 
 // In-Context RALM: [BOS][block][rest of the input][recent]. A new block moves
@@ -276,38 +279,37 @@ class AppendingContext : public ContextBase<Model> {
 template <class Model>
 class PrependingContext : public ContextBase<Model> {
  public:
-  using ContextBase<Model>::ContextBase;
-
- protected:
-  std::vector<int64_t> build_layout() const override {
-    const auto& in = this->input_;
-    const bool bos = in.front() == this->model_->config().bos_token_id;
-    std::vector<int64_t> l;
-    if (bos) l.push_back(in.front());
-    l.insert(l.end(), this->block_.begin(), this->block_.end());
-    l.insert(l.end(), in.begin() + (bos ? 1 : 0), in.end());
-    l.insert(l.end(), this->recent_.begin(), this->recent_.end());
-    return l;
-  }
-  int64_t first_changed_slot(int64_t, int64_t) const override { return 0; }
+  PrependingContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
+      : ContextBase<Model>(ContextMode::Prepend, model, cache, marks, options) {}
 };
 
-// No retrieval: [input][recent]; documents are ignored and place() only
-// encodes what is new.
+// No retrieval: [input][recent]; place() ignores documents and only encodes
+// what is new.
 template <class Model>
 class NoRetrievalContext : public ContextBase<Model> {
  public:
-  using ContextBase<Model>::ContextBase;
-
-  at::Tensor place(const std::vector<std::vector<int64_t>>&) { return ContextBase<Model>::place({}); }
-
- protected:
-  std::vector<int64_t> build_layout() const override {
-    std::vector<int64_t> l = this->input_;
-    l.insert(l.end(), this->recent_.begin(), this->recent_.end());
-    return l;
-  }
-  int64_t first_changed_slot(int64_t, int64_t old_layout) const override { return old_layout; }
+  NoRetrievalContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
+      : ContextBase<Model>(ContextMode::None, model, cache, marks, options) {}
 };
+
+// The context of `mode` over `cache` (the one place a mode becomes a class).
+template <class Model>
+std::unique_ptr<ContextBase<Model>> make_context(ContextMode mode, Model& model, KVCacheStore& cache,
+                                                 const MarkingToken& marks, const RalmOptions& options) {
+  switch (mode) {
+    case ContextMode::Append: return std::make_unique<AppendingContext<Model>>(model, cache, marks, options);
+    case ContextMode::Prepend: return std::make_unique<PrependingContext<Model>>(model, cache, marks, options);
+    case ContextMode::None: return std::make_unique<NoRetrievalContext<Model>>(model, cache, marks, options);
+  }
+  throw InvalidArgument("unknown context mode");
+}
+
+// A cache sized for contexts over `model` with `options`: exactly max_length
+// slots (the one sizing rule; every mode needs the same).
+template <class Model>
+KVCacheStore make_context_cache(const Model& model, const RalmOptions& options) {
+  const int64_t max_positions = model.config().max_position_embeddings;
+  return model.make_cache(1, ContextOptions::resolve(ContextMode::Append, options, max_positions).max_length);
+}
 
 }  // namespace flashback

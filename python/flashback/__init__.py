@@ -4,7 +4,7 @@ over a C++ LibTorch core.
     import flashback
     model = flashback.LlamaForCausalLM.from_pretrained("stories260K.bin", marks="add")
     model.add_adapter(flashback.LoraConfig(r=16, lora_alpha=32))   # LoRA + the two mark rows
-    ...                                                             # torch.optim, autograd, DDP
+    out = model(input_ids, labels=labels)                           # HF-style: out.loss, out.logits
     model.save_adapter("out/adapter")                               # PEFT's format
 
 Contexts, retrieval and the RALM loops: see flashback.ralm. Fine-tuning:
@@ -15,15 +15,17 @@ import torch as _torch  # noqa: F401  (loads LibTorch first: the extension links
 
 from . import _C
 from ._C import FlashbackError, FormatError, InvalidArgument, Tokenizer
-from .loss import target_loss
-from .modeling import LlamaForCausalLM, LoraConfig, read_adapter_config
-from .ralm import Context, Retriever, build_bm25_index, evaluate, generate, open_index
+from .loss import IGNORE_INDEX, causal_lm_loss, target_loss
+from .modeling import CausalLMOutput, LlamaConfig, LlamaForCausalLM, LoraConfig, read_adapter_config
+from .ralm import (Context, DocumentSource, RalmOptions, Retriever, build_bm25_index, evaluate, generate, open_index,
+                   ralm_options)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LlamaForCausalLM", "LoraConfig", "read_adapter_config", "Tokenizer", "Context", "Retriever", "open_index",
-    "build_bm25_index", "generate", "evaluate", "target_loss", "FlashbackError", "FormatError", "InvalidArgument",
+    "LlamaForCausalLM", "LlamaConfig", "CausalLMOutput", "LoraConfig", "read_adapter_config", "Tokenizer", "Context",
+    "Retriever", "DocumentSource", "RalmOptions", "ralm_options", "open_index", "build_bm25_index", "generate",
+    "evaluate", "target_loss", "causal_lm_loss", "IGNORE_INDEX", "FlashbackError", "FormatError", "InvalidArgument",
     "set_num_threads",
 ]
 

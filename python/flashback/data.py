@@ -1,19 +1,16 @@
-"""Training examples as the paper prepares them (FlashBack, section 4 / its
-data-preparation code):
+"""Training examples as the paper prepares them (FlashBack, section 4 / its data-preparation code).
 
-  * the text is one token stream; a target block of `target_tokens` (s = 16)
-    starts at every `stride`-th position;
-  * the query is the last `query_tokens` (32) tokens before the block,
-    decoded; the top-1 document (forbidden titles excluded by the retriever)
-    is cut to `doc_tokens` (128);
-  * the context is a random number of tokens before the block, as many as
-    fit: BOS + context + document block + target <= max_length (512);
-  * layout, exactly as the inference contexts build it (docs/architecture.md):
-        append   [BOS ctx][<MARK_L> doc <MARK_R>][target]
-        prepend  [BOS][<MARK_L> doc <MARK_R>][ctx][target]
-    (no marks: the document alone);
-  * labels are IGNORE_INDEX except on the rows that predict target tokens:
-    the loss covers the `target_tokens` tokens only.
+  * the text is one token stream; a target block of `target_tokens` (s = 16) starts at every
+    `stride`-th position;
+  * the documents come from the C++ retrieval the inference loops use (RetrievedDocuments): the query
+    is the last `query_tokens` (32) tokens before the block, decoded; the top-1 passage (forbidden
+    titles excluded by the retriever) is cut to `doc_tokens` (128);
+  * the context is a random number of tokens before the block, as many as fit:
+    BOS + context + document block + target <= max_length (512);
+  * the layout is the contexts' own (the C++ training_layout: append, prepend or none, marks or not,
+    the BOS rule), so training and inference cannot disagree;
+  * labels, HF-style, equal the input ids on the target tokens and IGNORE_INDEX elsewhere: the loss
+    covers the `target_tokens` tokens only.
 """
 
 from __future__ import annotations
@@ -24,12 +21,13 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from . import _C
 from .loss import IGNORE_INDEX
 
 
 @dataclass
 class DataConfig:
-    layout: str = "append"      # "append" (FlashBack) or "prepend" (In-Context RALM)
+    layout: str = "append"      # "append" (FlashBack), "prepend" (In-Context RALM) or "none" (no documents)
     marks: bool = True          # bracket the document with <MARK_L> ... <MARK_R>
     stride: int = 16            # a target block every `stride` tokens
     target_tokens: int = 16     # s: tokens scored per example
@@ -40,12 +38,12 @@ class DataConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.layout not in ("append", "prepend"):
-            raise ValueError(f"layout must be 'append' or 'prepend', not {self.layout!r}")
+        if self.layout not in ("append", "prepend", "none"):
+            raise ValueError(f"layout must be 'append', 'prepend' or 'none', not {self.layout!r}")
         for name in ("stride", "target_tokens", "query_tokens", "doc_tokens", "max_length", "min_context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        block = self.doc_tokens + (2 if self.marks else 0)
+        block = 0 if self.layout == "none" else self.doc_tokens + (2 if self.marks else 0)
         if 1 + self.min_context + block + self.target_tokens > self.max_length:
             raise ValueError(f"max_length {self.max_length} leaves no room for BOS + {self.min_context} context "
                              f"tokens + a {block}-token document block + {self.target_tokens} targets")
@@ -54,7 +52,7 @@ class DataConfig:
 @dataclass
 class Example:
     input_ids: List[int]   # the layout
-    labels: List[int]      # labels[i] = the token row i predicts, IGNORE_INDEX where not scored
+    labels: List[int]      # HF's convention: input_ids on the target tokens, IGNORE_INDEX elsewhere
     document: str = ""     # the retrieved passage (for inspection)
 
 
@@ -64,12 +62,12 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     """Examples from a token stream (the text encoded without BOS).
 
     tokenizer: a flashback Tokenizer (decodes queries, encodes documents);
-    retriever: a flashback Retriever (top-1 per example; None: no document);
-    mark_left: the <MARK_L> id (needed when config.marks); limit: at most this
-    many examples, evenly spread over the text. Raises ValueError when the
-    text yields no example."""
+    retriever: a flashback Retriever (a built-in index or a Python subclass; top-1 per example;
+    None: no document); mark_left: the <MARK_L> id (needed when config.marks); limit: at most this many
+    examples, evenly spread over the text. Raises ValueError when the text yields no example."""
     config.validate()
-    if config.marks and (mark_left is None or mark_left < 0):
+    marks = config.marks and config.layout != "none"
+    if marks and (mark_left is None or mark_left < 0):
         raise ValueError("config.marks needs the model's marking tokens (mark_left)")
     bos = tokenizer.bos_id if bos_id is None else bos_id
     stream = [int(t) for t in stream]
@@ -81,30 +79,25 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     if limit is not None and limit < len(starts):
         step = len(starts) / limit
         starts = [starts[int(i * step)] for i in range(limit)]
+    options = _C.RalmOptions()
+    options.query_tokens, options.doc_tokens, options.k = config.query_tokens, config.doc_tokens, 1
+    source = None
+    if retriever is not None and config.layout != "none":
+        source = _C.RetrievedDocuments(retriever, tokenizer, options)
+    mark = mark_left if marks else -1
     rng = random.Random(config.seed)
     out: List[Example] = []
     for n, p in enumerate(starts):
         target = stream[p:p + config.target_tokens]
-        query = tokenizer.decode(stream[p - config.query_tokens:p])
-        doc: List[int] = []
-        text = ""
-        if retriever is not None and query.strip():
-            hits = retriever.retrieve(query, 1)
-            if hits:
-                text = hits[0]["document"]
-                doc = tokenizer.encode(text, False, False)[:config.doc_tokens]
-        block = ([mark_left] + doc + [mark_left + 1]) if (config.marks and doc) else doc
-        room = config.max_length - 1 - len(block) - len(target)
+        docs = source.documents(stream[p - config.query_tokens:p]) if source is not None else []
+        fixed, _ = _C.training_layout(config.layout, [bos], docs, target, mark, bos)  # everything but the context
+        room = config.max_length - len(fixed)
         ctx_len = rng.randint(config.min_context, min(room, p))
-        ctx = stream[p - ctx_len:p]
-        if config.layout == "append":
-            ids = [bos] + ctx + block + target
-        else:
-            ids = [bos] + block + ctx + target
+        ids, positions = _C.training_layout(config.layout, [bos] + stream[p - ctx_len:p], docs, target, mark, bos)
         labels = [IGNORE_INDEX] * len(ids)
-        t0 = len(ids) - len(target)
-        for i in range(len(target)):
-            labels[t0 + i - 1] = target[i]
+        for q in positions:
+            labels[q] = ids[q]
+        text = source.last_documents[0] if source is not None and docs else ""
         out.append(Example(ids, labels, text))
         if progress:
             progress(n + 1, len(starts))

@@ -17,14 +17,14 @@ global batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 
 from .data import DataConfig, Example, build_examples, collate
+from .io import atomic_directory, write_text_atomic
+from .loss import IGNORE_INDEX
 from .modeling import LlamaForCausalLM, LoraConfig
 
 
@@ -78,30 +80,6 @@ def _rank_world():
     return 0, 1
 
 
-def _write_atomic_dir(target: Path, fill) -> None:
-    """fill(tmp_dir) writes the files; the directory then replaces `target` by rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
-    old = target.with_name(f"{target.name}.old.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _batch_order(n: int, step: int, batch: int, seed: int) -> List[int]:
     """The example indices of global step `step`: epochs of seeded permutations."""
     per_epoch = max(1, n // batch)
@@ -123,8 +101,8 @@ def evaluate_loss(model: LlamaForCausalLM, examples: Sequence[Example], batch_si
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         ids, labels = collate(chunk)
-        n = int((labels != -100).sum())
-        total += float(model(ids, labels=labels)) * n
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        total += float(model(ids, labels=labels, loss="target").loss) * n
         count += n
     model.train(was)
     return total / max(1, count)
@@ -157,7 +135,6 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
     elif not model.has_adapter:
         model.add_adapter(lora or LoraConfig())
     model.mark_only_adapter_trainable()
-    model._sync_parameters()
 
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout masks differ between ranks
     params = [p for _, p in model.named_parameters() if p.requires_grad]
@@ -189,11 +166,10 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
         if rank != 0:
             return
 
-        def fill(tmp: Path) -> None:
+        with atomic_directory(ckpt, marker="trainer_state.pt", kind="a fine-tuning checkpoint") as tmp:
             model.save_adapter(tmp / "adapter")
             torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "history": history, "rng": rngs, "config": asdict(cfg)}, tmp / "trainer_state.pt")
-        _write_atomic_dir(ckpt, fill)
 
     bar = None
     if cfg.progress and rank == 0:
@@ -211,9 +187,9 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
         for a in range(cfg.grad_accum):
             ids, labels = collate([train_examples[i] for i in mine[a * micro:(a + 1) * micro]])
             sync = a == cfg.grad_accum - 1 or world == 1
-            ctx = net.no_sync() if (world > 1 and not sync) else _null()
+            ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
-                loss = net(ids, labels=labels) / cfg.grad_accum
+                loss = net(ids, labels=labels, loss="target").loss / cfg.grad_accum
                 loss.backward()
             step_loss += float(loss)
         if world > 1:
@@ -244,16 +220,8 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
         bar.close()
     if out is not None and rank == 0:
         model.save_adapter(out / "adapter")
-        _write_json_atomic(out / "history.json", history)
+        write_text_atomic(out / "history.json", json.dumps(history, indent=1) + "\n")
     return {"history": history}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ---------------------------------------------------------------- command line
@@ -266,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--index", required=True, help="retrieval index directory (flashback index)")
     ap.add_argument("--forbidden-titles", default="", help="titles never to retrieve (one per line)")
     ap.add_argument("--out", required=True, help="output directory (adapter/, checkpoint/, history.json)")
-    ap.add_argument("--layout", choices=["append", "prepend"], default="append")
+    ap.add_argument("--layout", choices=["append", "prepend", "none"], default="append")
     ap.add_argument("--no-marks", action="store_true", help="no marking tokens around the document")
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=32.0)

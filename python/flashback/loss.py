@@ -1,5 +1,10 @@
-"""The paper's training loss: cross-entropy on the target tokens only, with the
-marking tokens excluded from the softmax (they are never predicted)."""
+"""Losses. Labels follow HF's convention everywhere: aligned with input_ids (labels[t] is the token at t,
+IGNORE_INDEX where nothing is scored) and shifted here, so row t of the logits is scored against
+labels[t + 1].
+
+causal_lm_loss is HF's (every vocabulary column in the softmax). target_loss is FlashBack's: the marking
+tokens leave the softmax (they are never predicted), and only the labelled tokens count (the paper labels
+the s target tokens of each example)."""
 
 from typing import Optional
 
@@ -9,18 +14,34 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def target_loss(logits: torch.Tensor, labels: torch.Tensor, mark_left: Optional[int] = None,
-                reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of `logits` [..., V] against `labels` [...] (the token each
-    row predicts, IGNORE_INDEX where nothing is scored). With `mark_left` (the
-    id of <MARK_L>; <MARK_R> follows it, both last in the vocabulary) the mark
-    columns are dropped before the softmax. A label that is a mark id is an error."""
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mark_left: Optional[int] = None,
+               reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of rows `logits` [..., V] against the tokens they predict, `targets` [...]
+    (already aligned: no shift; IGNORE_INDEX rows are skipped). With `mark_left` (<MARK_L>; <MARK_R>
+    follows it, both last in the vocabulary) the mark columns are dropped first; a mark as a target is an
+    error."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
     if mark_left is not None and mark_left >= 0:
-        if bool((labels >= mark_left).any()):
+        if bool((targets >= mark_left).any()):
             raise ValueError("a label is a marking token: marks are never targets")
         logits = logits[..., :mark_left]
     v = logits.shape[-1]
-    return F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+    return F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction=reduction)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, mark_left: Optional[int] = None,
+                   reduction: str = "mean") -> torch.Tensor:
+    """HF's ForCausalLMLoss: logits [B, T, V], labels [B, T] aligned with the input; shifted here."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+    return token_loss(logits[..., :-1, :], labels[..., 1:], mark_left, reduction)
+
+
+def target_loss(logits: torch.Tensor, labels: torch.Tensor, mark_left: Optional[int] = None,
+                reduction: str = "mean") -> torch.Tensor:
+    """FlashBack's training loss: causal_lm_loss with the marking tokens (from `mark_left`) out of the
+    softmax. `model(input_ids, labels=labels, loss="target")` computes the same, applying the head to
+    the labelled rows only."""
+    return causal_lm_loss(logits, labels, mark_left, reduction)

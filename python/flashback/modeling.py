@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import _C
-from .loss import IGNORE_INDEX, target_loss
+from .loss import IGNORE_INDEX, causal_lm_loss, token_loss
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
@@ -52,6 +52,75 @@ def read_adapter_config(path: Union[str, Path]) -> LoraConfig:
                       target_modules=tuple(d["target_modules"]), trainable_token_indices=d["trainable_token_indices"])
 
 
+class LlamaConfig:
+    """The model's config (HF's field names, from config.json or the checkpoint), as attributes:
+    `model.config.vocab_size`. Read once when the model is made."""
+
+    def __init__(self, values: Dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LlamaConfig":
+        return cls(json.loads(text))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+    def __repr__(self) -> str:
+        return f"LlamaConfig({self.__dict__})"
+
+
+@dataclass
+class CausalLMOutput:
+    """What forward returns, as HF's CausalLMOutput: `.loss` (when labels were given) and `.logits`
+    [B, T, V] float32 (None with loss="target", which applies the head to the labelled rows only).
+    Indexing works as HF's ModelOutput: out["logits"], out[0] (the first field that is set)."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+
+    def to_tuple(self) -> Tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def keys(self) -> List[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: Union[int, str]) -> torch.Tensor:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+
+def _parse_to(args: tuple, kwargs: dict) -> Tuple[Optional[torch.device], Optional[torch.dtype]]:
+    """The (device, dtype) of Module.to's signatures: to(device), to(dtype), to(device, dtype), to(tensor),
+    and the keywords device=, dtype=, non_blocking=, copy=, memory_format=."""
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("copy", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, bool):  # the positional non_blocking of to(device, dtype, non_blocking)
+            continue
+        if isinstance(a, torch.dtype):
+            dtype = a
+        elif isinstance(a, torch.Tensor):
+            device, dtype = a.device, a.dtype
+        elif isinstance(a, (str, int, torch.device)):
+            device = a
+        else:
+            raise TypeError(f"to() cannot take {type(a).__name__}")
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    return (torch.device(device) if device is not None else None), dtype
+
+
 def _as_parameter(t: torch.Tensor) -> nn.Parameter:
     # Re-class the wrapped C++ tensor in place: the same object, now an
     # nn.Parameter (a Parameter made with nn.Parameter(t) would be a new
@@ -64,8 +133,8 @@ def _as_parameter(t: torch.Tensor) -> nn.Parameter:
 class LlamaForCausalLM(nn.Module):
     """A Llama-2 decoder (GQA, RoPE, SwiGLU) computed by the C++ core.
 
-    forward(input_ids [B, T] int64, positions=None) -> logits [B, T, V] float32,
-    differentiable with respect to every parameter that requires grad."""
+    forward(input_ids [B, T] int64, labels=None) -> CausalLMOutput(loss, logits [B, T, V] float32), as HF's
+    LlamaForCausalLM, differentiable with respect to every parameter that requires grad."""
 
     def __init__(self, core: "_C.Model", tokenizer: Optional["_C.Tokenizer"] = None, mark_left: int = -1,
                  name_or_path: str = "") -> None:
@@ -74,6 +143,7 @@ class LlamaForCausalLM(nn.Module):
         self.tokenizer = tokenizer
         self.mark_left = int(mark_left)
         self.name_or_path = name_or_path
+        self.config = LlamaConfig.from_json(core.config_json)
         self._core.train(self.training)
         self._sync_parameters()
 
@@ -89,12 +159,13 @@ class LlamaForCausalLM(nn.Module):
         rows appended to the vocabulary, as FlashBack does before fine-tuning;
         a checkpoint that already has them keeps its rows), "find" uses them
         when the checkpoint has them, "none" ignores them.
-        adapter: a PEFT adapter directory to load on top (merged or not)."""
+        adapter: a PEFT adapter directory to load on top (merged or not), frozen."""
         dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
-        core, tok, mark_left = _C.load(str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""), device=device)
+        core, tok, mark_left = _C.load(str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""),
+                                       device=str(device), adapter=str(adapter or ""), merge_adapter=merge_adapter)
         model = cls(core, tok, mark_left, str(path))
         if adapter is not None:
-            model.load_adapter(adapter, merge=merge_adapter)
+            model.requires_grad_(False)
         return model
 
     @classmethod
@@ -113,10 +184,6 @@ class LlamaForCausalLM(nn.Module):
     def core(self) -> "_C.Model":
         """The C++ model (for flashback.ralm's contexts and loops)."""
         return self._core
-
-    @property
-    def config(self) -> Dict:
-        return json.loads(self._core.config_json)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -138,7 +205,7 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return int(self.config["vocab_size"])
+        return int(self.config.vocab_size)
 
     @property
     def marks(self) -> Optional[Tuple[int, int]]:
@@ -172,23 +239,30 @@ class LlamaForCausalLM(nn.Module):
 
     # ------------------------------------------------------------ compute
     def forward(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """input_ids [B, T] int64 -> logits [B, T, V] float32 (positions [T] or [B, T], default 0..T-1).
+                labels: Optional[torch.Tensor] = None, *, loss: str = "causal_lm") -> CausalLMOutput:
+        """input_ids [B, T] int64 (positions [T] or [B, T], default 0..T-1) -> CausalLMOutput.
 
-        With labels [B, T] (the token each row predicts, -100 where nothing is
-        scored) it returns the paper's loss instead: cross-entropy over the
-        labelled rows only, the head applied to those rows alone, marking
-        tokens excluded from the softmax."""
+        labels [B, T], as HF takes them: aligned with input_ids (labels=input_ids trains next-token
+        prediction), IGNORE_INDEX (-100) where nothing is scored; the model shifts them, so row t is
+        scored against labels[t + 1]. loss="causal_lm" is HF's loss (every vocabulary column in the
+        softmax); loss="target" is FlashBack's (target_loss: the marking tokens out of the softmax), with
+        the head applied to the scored rows only (.logits is then None)."""
         if labels is None:
-            return self._core.forward(input_ids, positions)
+            return CausalLMOutput(logits=self._core.forward(input_ids, positions))
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if loss == "causal_lm":
+            logits = self._core.forward(input_ids, positions)
+            return CausalLMOutput(loss=causal_lm_loss(logits, labels), logits=logits)
+        if loss != "target":
+            raise ValueError(f"loss must be 'causal_lm' or 'target', not {loss!r}")
         h = self._core.hidden_states(input_ids, positions)   # [B, T, C]
-        rows = labels != IGNORE_INDEX                          # [B, T]
+        targets = labels[:, 1:]                                # [B, T-1]: row t predicts token t+1
+        rows = targets != IGNORE_INDEX                         # [B, T-1]
         if not bool(rows.any()):
-            raise ValueError("no labelled row in the batch: nothing to train on")
-        logits = self._core.logits(h[rows])                    # [N, V]
-        return target_loss(logits, labels[rows], self.mark_left if self.mark_left >= 0 else None)
+            raise ValueError("no labelled token in the batch: nothing to train on")
+        logits = self._core.logits(h[:, :-1][rows])            # [N, V]
+        return CausalLMOutput(loss=token_loss(logits, targets[rows], self.mark_left if self.mark_left >= 0 else None))
 
     def hidden_states(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The final-normed hidden states [B, T, C]; `logits(h)` applies the head to any subset of rows."""
@@ -208,7 +282,7 @@ class LlamaForCausalLM(nn.Module):
         """Device and dtype conversion in the C++ model (keeps the rotary tables in
         fp32 and the parameters the same objects). Supports float32, bfloat16 and,
         where this LibTorch computes in it, float16."""
-        device, dtype, _non_blocking, _fmt = torch._C._nn._parse_to(*args, **kwargs)
+        device, dtype = _parse_to(args, dict(kwargs))
         if dtype is not None and dtype not in _DTYPE_NAMES:
             raise TypeError(f"flashback models compute in float32, bfloat16 or float16, not {dtype}")
         self._core.to(str(device) if device is not None else "", _DTYPE_NAMES[dtype] if dtype is not None else "")
@@ -303,15 +377,15 @@ class LlamaForCausalLM(nn.Module):
         self._core.save_adapter(str(path), self.name_or_path)
 
     def load_adapter(self, path: Union[str, Path], merge: bool = False, trainable: bool = False) -> None:
-        """Adds the PEFT adapter saved at `path` (the model must have none)."""
+        """Adds the PEFT adapter saved at `path` (the model must have none); trainable: only it trains,
+        else everything is frozen."""
         self._core.load_adapter(str(path), merge)
         self._core.train(self.training)
+        self._sync_parameters()
         if trainable:
             self._core.mark_only_adapter_trainable()
         else:
-            for p in self._core.named_parameters():
-                p[1].requires_grad_(False)
-        self._sync_parameters()
+            self.requires_grad_(False)
 
     def save_pretrained(self, path: Union[str, Path]) -> None:
         """The whole model as an HF directory (config.json + model.safetensors [+ tokenizer.model])."""
@@ -332,6 +406,6 @@ class LlamaForCausalLM(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"hidden={c['hidden_size']}, layers={c['num_hidden_layers']}, heads={c['num_attention_heads']}, "
-                f"kv_heads={c['num_key_value_heads']}, vocab={c['vocab_size']}, dtype={self._core.dtype}, "
+        return (f"hidden={c.hidden_size}, layers={c.num_hidden_layers}, heads={c.num_attention_heads}, "
+                f"kv_heads={c.num_key_value_heads}, vocab={c.vocab_size}, dtype={self._core.dtype}, "
                 f"adapter={self.has_adapter}")

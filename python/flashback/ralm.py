@@ -2,11 +2,16 @@
 
     ret = flashback.open_index("build/data/index")            # BM25 (Xapian) or dense
     ids, stats = flashback.generate(model, ret, "Once upon a time", 64, mode="append")
-    result = flashback.evaluate(model, ret, text, mode="append")   # {"ppl", "nll", "tokens", "stats"}
+    result = flashback.evaluate(model, ret, text, mode="append")   # {"ppl", "nll", "nll_sum", "tokens", "stats"}
 
-A Context holds one sequence's KV cache and layout (append: FlashBack,
-prepend: In-Context RALM, none); `place(docs)` and `append(tokens)` return
-logits tensors, so custom loops are a few lines of Python.
+The options are the C++ RalmOptions, the ones the CLI's flags set, with the same names, meanings and
+defaults (help(flashback.RalmOptions)): stride, query_tokens, doc_tokens, k, marks, kv_reuse,
+max_length, window_keep. They are taken as keywords (stride=8) or as a RalmOptions.
+
+A Context holds one sequence's KV cache and layout (append: FlashBack, prepend: In-Context RALM, none);
+`place(docs)` and `append(tokens)` return logits tensors, so custom loops are a few lines of Python.
+A retriever written in Python subclasses flashback.Retriever and returns dicts {"text", "title"} from
+retrieve(query, k); the C++ loops call it like the built-in indexes.
 """
 
 from __future__ import annotations
@@ -21,16 +26,32 @@ from . import _C
 from .modeling import LlamaForCausalLM
 
 Retriever = _C.Retriever
+RalmOptions = _C.RalmOptions
+DocumentSource = _C.DocumentSource
+
+
+def ralm_options(options: Optional["_C.RalmOptions"] = None, **kwargs) -> "_C.RalmOptions":
+    """A RalmOptions: a copy of `options` (default: the paper's) with the given fields changed.
+    An unknown name is a TypeError naming the fields there are."""
+    o = _C.RalmOptions()
+    if options is not None:
+        for name in _C.RalmOptions.fields:
+            setattr(o, name, getattr(options, name))
+    for name, value in kwargs.items():
+        if name not in _C.RalmOptions.fields:
+            raise TypeError(f"unknown RALM option {name!r} (options: {', '.join(_C.RalmOptions.fields)})")
+        setattr(o, name, value)
+    o.validate()
+    return o
 
 
 def open_index(path: Union[str, Path], encoder_model: Optional[Union[str, Path]] = None,
                forbidden_titles: Optional[Union[str, Path, Sequence[str]]] = None) -> "_C.Retriever":
     """Opens an index built by `flashback index` or build_bm25_index. forbidden_titles:
     a file (one title per line) or a list of titles never to retrieve."""
-    r = _C.open_index(str(path), str(encoder_model or ""))
-    if isinstance(forbidden_titles, (str, Path)):
-        r.forbid_titles_file(str(forbidden_titles))
-    elif forbidden_titles:
+    titles_file = str(forbidden_titles) if isinstance(forbidden_titles, (str, Path)) else ""
+    r = _C.open_index(str(path), str(encoder_model or ""), titles_file)
+    if forbidden_titles and not titles_file:
         r.forbid_titles(list(forbidden_titles))
     return r
 
@@ -45,18 +66,22 @@ def build_bm25_index(corpus: Union[str, Path], out_dir: Union[str, Path], tokeni
 class Context:
     """One sequence's layout and KV cache over a model (see docs/architecture.md).
 
-    mode: "append" (FlashBack: documents after the input), "prepend" (In-Context
-    RALM) or "none". marks: bracket documents with <MARK_L> ... <MARK_R>."""
+    mode: "append" (FlashBack: documents after the input), "prepend" (In-Context RALM) or "none".
+    The cache holds exactly options.max_length slots."""
 
-    def __init__(self, model: LlamaForCausalLM, mode: str = "append", *, marks: bool = True, kv_reuse: bool = True,
-                 max_length: int = 0, reserve: int = 16, window_keep: float = 0.5) -> None:
-        if marks and mode != "none" and model.marks is None:
-            raise ValueError("marks=True needs a model with marking tokens (from_pretrained(..., marks='add'))")
-        marks_vocab = model.vocab_size if model.marks else 0
+    def __init__(self, model: LlamaForCausalLM, mode: str = "append", options: Optional["_C.RalmOptions"] = None,
+                 **kwargs) -> None:
         self.model = model
-        self.mode = mode
-        self._ctx = _C.Context(model.core, mode, marks_vocab, marks=marks, kv_reuse=kv_reuse, max_length=max_length,
-                               reserve=reserve, window_keep=window_keep)
+        self._ctx = _C.Context(model.core, mode, model.mark_left, ralm_options(options, **kwargs))
+
+    @property
+    def mode(self) -> str:
+        return self._ctx.mode
+
+    @property
+    def options(self) -> "_C.ContextOptions":
+        """What this context runs with (marks are off in mode none; max_length resolved)."""
+        return self._ctx.options
 
     def reset(self, input_ids: Sequence[int]) -> None:
         """Starts over with `input_ids` (BOS first) as the input."""
@@ -88,41 +113,51 @@ class Context:
         return self._ctx
 
 
+def documents(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"],
+              options: "_C.RalmOptions") -> "_C.DocumentSource":
+    """The paper's retrieval for `model`: the last query_tokens tokens, decoded, are the query; the top-k
+    passages, encoded and cut to doc_tokens, are the documents. No retriever: no documents."""
+    if retriever is None:
+        return _C.NoDocuments()
+    return _C.RetrievedDocuments(retriever, _tokenizer(model), options)
+
+
+def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], prompt: Union[str, Sequence[int]],
+             max_new_tokens: int, *, mode: str = "append", temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+             options: Optional["_C.RalmOptions"] = None, **kwargs) -> Tuple[List[int], Dict]:
+    """RALM generation in the C++ loop (the one `flashback ralm` runs): retrieves every `stride` tokens
+    (query = the last `query_tokens` tokens), places the top-k documents by `mode`, samples (greedy at
+    temperature 0). Other keywords are RalmOptions fields. Returns (generated ids, stats)."""
+    o = ralm_options(options, **kwargs)
+    ctx = Context(model, mode, o)
+    g = _C.GenerateOptions()
+    g.max_new_tokens = int(max_new_tokens)
+    g.stop_at_eos = bool(stop_at_eos)
+    s = _C.SamplingOptions()
+    s.temperature, s.top_k, s.top_p, s.seed = float(temperature), int(top_k), float(top_p), int(seed)
+    s.validate()
+    g.sampling = s
+    with _eval_mode(model):
+        return _C.generate(ctx.raw, documents(model, retriever, o), _ids(model, prompt), g)
+
+
+def evaluate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], text: Union[str, Sequence[int]], *,
+             mode: str = "append", progress: Optional[Callable[[int, int], None]] = None,
+             options: Optional["_C.RalmOptions"] = None, **kwargs) -> Dict:
+    """Token-level perplexity as In-Context RALM / FlashBack evaluate it (the loop `flashback eval` runs):
+    blocks of `stride` tokens, each after a retrieval; marks excluded from the softmax. Other keywords
+    are RalmOptions fields. Returns {"ppl", "nll" (mean per token), "nll_sum", "tokens", "stats"}."""
+    o = ralm_options(options, **kwargs)
+    ctx = Context(model, mode, o)
+    with _eval_mode(model):
+        return _C.evaluate(ctx.raw, documents(model, retriever, o), _ids(model, text), progress)
+
+
 def _ids(model: LlamaForCausalLM, text_or_ids: Union[str, Sequence[int]]) -> List[int]:
     if isinstance(text_or_ids, str):
         return model.encode(text_or_ids, bos=True)
     return [int(i) for i in text_or_ids]
-
-
-def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], prompt: Union[str, Sequence[int]],
-             max_new_tokens: int, *, mode: str = "append", marks: bool = True, stride: int = 16,
-             query_tokens: int = 32, doc_tokens: int = 128, k: int = 1, max_length: int = 0,
-             window_keep: float = 0.5, kv_reuse: bool = True, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Tuple[List[int], Dict]:
-    """RALM generation in the C++ loop: retrieves every `stride` tokens (query = the
-    last `query_tokens` tokens), places the top-k documents by `mode`, samples
-    (greedy at temperature 0). Returns (generated ids, stats)."""
-    ctx = Context(model, mode, marks=marks and mode != "none", kv_reuse=kv_reuse, max_length=max_length,
-                  reserve=stride, window_keep=window_keep)
-    stops = [model.tokenizer.eos_id] if (stop_at_eos and model.tokenizer is not None) else []
-    with _eval_mode(model):
-        return _C.ralm_generate(ctx.raw, retriever if mode != "none" else None, _tokenizer(model),
-                                _ids(model, prompt), int(max_new_tokens), stride, query_tokens, doc_tokens, k,
-                                temperature, top_k, top_p, seed, stops)
-
-
-def evaluate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], text: Union[str, Sequence[int]], *,
-             mode: str = "append", marks: bool = True, stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128,
-             k: int = 1, max_length: int = 0, window_keep: float = 0.5, kv_reuse: bool = True,
-             progress: Optional[Callable[[int, int], None]] = None) -> Dict:
-    """Token-level perplexity as In-Context RALM / FlashBack evaluate it: blocks of
-    `stride` tokens, each after a retrieval; marks excluded from the softmax.
-    Returns {"ppl", "nll", "tokens", "stats"}."""
-    ctx = Context(model, mode, marks=marks and mode != "none", kv_reuse=kv_reuse, max_length=max_length,
-                  reserve=stride, window_keep=window_keep)
-    with _eval_mode(model):
-        return _C.ralm_evaluate(ctx.raw, retriever if mode != "none" else None, _tokenizer(model),
-                                _ids(model, text), stride, query_tokens, doc_tokens, k, progress)
 
 
 @contextlib.contextmanager

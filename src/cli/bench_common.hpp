@@ -1,4 +1,5 @@
-// Small helpers shared by the bench subcommands: timing, medians, memory.
+// Small helpers shared by the bench subcommands: timing, medians, memory,
+// the random model they measure.
 #pragma once
 
 #include <sys/resource.h>
@@ -8,7 +9,11 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <string>
 #include <vector>
+
+#include "flashback/dtype.hpp"
+#include "flashback/llama.hpp"
 
 namespace flashback::cli::bench {
 
@@ -36,6 +41,21 @@ inline int64_t peak_rss_bytes() {
   struct rusage ru {};
   ::getrusage(RUSAGE_SELF, &ru);
   return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+// A model of the config spec (config.hpp's from_spec) with random weights
+// (HF's init), in eval mode, able to hold at least `positions` positions.
+inline LlamaForCausalLM random_model(const std::string& spec, const std::string& dtype, uint64_t seed,
+                                     int64_t positions) {
+  LlamaConfig config = LlamaConfig::from_spec(spec);
+  config.max_position_embeddings = std::max(config.max_position_embeddings, positions);
+  config.validate("--config");
+  LlamaForCausalLMOptions mo;
+  mo.dtype = parse_dtype(dtype).value_or(at::kFloat);
+  LlamaForCausalLM model(config, mo);
+  model->init_random(seed);
+  model->eval();
+  return model;
 }
 
 }  // namespace flashback::cli::bench

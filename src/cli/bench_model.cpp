@@ -82,15 +82,9 @@ struct Setup {
 Setup setup(const BenchModelArgs& a, int64_t positions) {
   Setup s;
   s.threads = init_threads(a.threads);
-  s.config = LlamaConfig::from_spec(a.config);
-  s.config.max_position_embeddings = std::max(s.config.max_position_embeddings, positions);
-  s.config.validate("--config");
-  s.dtype = parse_dtype(a.dtype).value_or(at::kFloat);
-  LlamaForCausalLMOptions mo;
-  mo.dtype = s.dtype;
-  s.model = std::make_unique<LlamaForCausalLM>(s.config, mo);
-  (*s.model)->init_random(a.seed);
-  (*s.model)->eval();
+  s.model = std::make_unique<LlamaForCausalLM>(bench::random_model(a.config, a.dtype, a.seed, positions));
+  s.config = (*s.model)->config();
+  s.dtype = (*s.model)->dtype();
   return s;
 }
 

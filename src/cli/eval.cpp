@@ -3,9 +3,11 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "flashback/formats/mapped_file.hpp"
+#include "flashback/report.hpp"
 #include "ralm_common.hpp"
 
 namespace flashback::cli {
@@ -18,21 +20,16 @@ struct Args : RalmArgs {
 
 void run(const Args& a) {
   const ContextMode mode = parse_context_mode(a.mode);
-  if (mode != ContextMode::None && a.index.empty()) throw InvalidArgument("--index is required unless --mode none");
-  RalmModel m = load_ralm_model(a);
-  std::unique_ptr<Retriever> retriever;
-  if (mode != ContextMode::None) retriever = open_retriever(a.index, a.encoder_model, a.forbidden_titles);
-  DocumentSource source(retriever.get(), m.tokenizer, ralm_options(a));
-  ContextOptions co = context_options(a);
-  if (co.max_length == 0) co.max_length = std::min<int64_t>(512, m.model->config().max_position_embeddings);
-
+  RalmSetup s = setup_ralm(a, {mode});
+  LlamaForCausalLMImpl& model = *s.pretrained.model;
   const std::string text = read_file(a.text);
-  std::vector<int32_t> ids32 = m.tokenizer.encode(text, /*add_bos=*/true);
+  std::vector<int32_t> ids32 = s.pretrained.tokenizer->encode(text, /*add_bos=*/true);
   if (a.max_tokens > 0 && static_cast<int64_t>(ids32.size()) > a.max_tokens + 1) ids32.resize(a.max_tokens + 1);
   if (ids32.size() < 2) throw FormatError(a.text, "the text has no tokens to score");
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
+  const std::vector<int64_t> ids(ids32.begin(), ids32.end());
 
-  KVCacheStore cache = m.model->make_cache(1, co.max_length);
+  KVCacheStore cache = make_context_cache(model, a.options);
+  auto ctx = make_context(mode, model, cache, s.pretrained.marks, a.options);
   auto last = std::chrono::steady_clock::now();
   auto progress = [&](int64_t done, int64_t total) {
     auto now = std::chrono::steady_clock::now();
@@ -43,24 +40,22 @@ void run(const Args& a) {
     if (done == total) std::fprintf(stderr, "\n");
     std::fflush(stderr);
   };
-  EvalResult r = with_context(mode, *m.model, cache, m.marks, co,
-                              [&](auto& ctx) { return ralm_evaluate(ctx, source, ids, progress); });
-  nlohmann::ordered_json j;
-  j["mode"] = a.mode;
-  j["marks"] = co.marks;
-  j["kv_reuse"] = co.kv_reuse;
-  j["ppl"] = r.ppl();
-  j["nll"] = r.mean_nll();
-  j["tokens"] = r.tokens;
-  j["max_length"] = co.max_length;
-  j["stride"] = a.stride;
-  j["stats"] = stats_json(r.stats);
+  EvalResult r = evaluate(*ctx, *s.documents, ids, progress);
+  const ContextOptions& co = ctx->options();
   if (a.json) {
+    nlohmann::ordered_json j;
+    j["mode"] = context_mode_name(mode);
+    j["marks"] = co.marks;
+    j["kv_reuse"] = co.kv_reuse;
+    j["max_length"] = co.max_length;
+    j["stride"] = co.stride;
+    const nlohmann::ordered_json result = nlohmann::ordered_json::parse(to_json(r));
+    for (const auto& [key, value] : result.items()) j[key] = value;
     j["stats"].erase("reencoded_per_place");
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("%s%s: ppl %.4f (mean nll %.6f over %lld tokens)\n", a.mode.c_str(), co.marks ? "+marks" : "", r.ppl(),
-                r.mean_nll(), (long long)r.tokens);
+    std::printf("%s%s: ppl %.4f (mean nll %.6f over %lld tokens)\n", context_mode_name(mode), co.marks ? "+marks" : "",
+                r.ppl(), r.nll(), (long long)r.tokens);
   }
 }
 }  // namespace

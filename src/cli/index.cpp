@@ -84,24 +84,17 @@ void run(const IndexArgs& a) {
     splitter = Tokenizer::from_file(a.tokenizer);
   }
 
-  std::vector<Passage> passages;
-  {
-    Progress p("reading corpus", show);
-    passages = read_corpus(a.corpus, format, splitter, a.max_tokens, std::ref(p));
-  }
-  IndexInfo info;
-  info.max_tokens = a.max_tokens;
-  info.corpus = absolute_path(a.corpus);
-  info.format = a.format;
-  {
-    Progress p(a.kind == "dense" ? "embedding" : "indexing", show);
-    if (encoder)
-      build_dense_index(passages, *encoder, info, a.out, std::ref(p));
-    else
-      build_bm25_index(passages, info, a.out, std::ref(p));
-  }
+  Progress reading("reading corpus", show), building(a.kind == "dense" ? "embedding" : "indexing", show);
+  IndexProgress progress;
+  progress.reading = [&](uint64_t done, uint64_t total) { reading(done, total); };
+  progress.building = [&](uint64_t done, uint64_t total) {
+    reading.finish();
+    building(done, total);
+  };
+  const int64_t n = index_corpus(a.corpus, format, splitter, a.max_tokens, a.out, encoder.get(), progress);
+  building.finish();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("indexed %zu passages (<= %lld tokens) from %s into %s (%s) in %.2f s\n", passages.size(),
+  std::printf("indexed %lld passages (<= %lld tokens) from %s into %s (%s) in %.2f s\n", static_cast<long long>(n),
               static_cast<long long>(a.max_tokens), a.corpus.c_str(), a.out.c_str(), a.kind.c_str(), secs);
 }
 }  // namespace

@@ -1,14 +1,12 @@
 #include "ralm_common.hpp"
-#include "flashback/dtype.hpp"
 
-#include "flashback/lora.hpp"
-#include "flashback/peft.hpp"
+#include "flashback/dtype.hpp"
 #include "flashback/retrieval/index.hpp"
-#include "flashback/retrieval/model_encoder.hpp"
 
 namespace flashback::cli {
 
 void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
+  RalmOptions& o = a.options;
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--model,-m", a.model, "HF model directory, llama2.c .bin or .gguf")->required();
   cmd->add_option("--adapter", a.adapter, "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)");
@@ -16,16 +14,14 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--tokenizer,-t", a.tokenizer, "tokenizer.model or tokenizer.bin (default: found with the model)");
   cmd->add_option("--index", a.index, "retrieval index directory (flashback index); not needed with --mode none");
   cmd->add_option("--mode", a.mode, "append (FlashBack), prepend (In-Context RALM) or none");
-  cmd->add_flag("--marks,!--no-marks", a.marks, "bracket documents with <MARK_L> ... <MARK_R> (default on)");
-  cmd->add_flag("--no-kv-reuse", a.no_kv_reuse, "recompute the whole layout at every step (the exactness reference)");
-  cmd->add_option("--stride,-s", a.stride, "tokens between retrievals")->check(CLI::PositiveNumber);
-  cmd->add_option("--query-tokens,-l", a.query_tokens, "the query is the last l tokens")->check(CLI::PositiveNumber);
-  cmd->add_option("--doc-tokens", a.doc_tokens, "each document is cut to this many tokens")->check(CLI::PositiveNumber);
-  cmd->add_option("-k", a.k, "documents per retrieval")->check(CLI::Range(1, 64));
-  cmd->add_option("--max-length", a.max_length, "positions the layout may use (default: the model's maximum)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--window-keep", a.window_keep, "fraction of the input budget kept when the window slides")
-      ->check(CLI::Range(1e-6, 1.0));
+  cmd->add_option("--stride,-s", o.stride, ralm_option_help("stride"))->check(CLI::PositiveNumber);
+  cmd->add_option("--query-tokens,-l", o.query_tokens, ralm_option_help("query_tokens"))->check(CLI::PositiveNumber);
+  cmd->add_option("--doc-tokens", o.doc_tokens, ralm_option_help("doc_tokens"))->check(CLI::PositiveNumber);
+  cmd->add_option("-k", o.k, ralm_option_help("k"))->check(CLI::Range(1, 64));
+  cmd->add_flag("--marks,!--no-marks", o.marks, ralm_option_help("marks"));
+  cmd->add_flag("--kv-reuse,!--no-kv-reuse", o.kv_reuse, ralm_option_help("kv_reuse"));
+  cmd->add_option("--max-length", o.max_length, ralm_option_help("max_length"))->check(CLI::NonNegativeNumber);
+  cmd->add_option("--window-keep", o.window_keep, ralm_option_help("window_keep"))->check(CLI::Range(1e-6, 1.0));
   cmd->add_option("--forbidden-titles", a.forbidden_titles, "file of titles never to retrieve (one per line)");
   cmd->add_option("--encoder-model", a.encoder_model, "dense index: the encoder model (default: the one that built it)");
   cmd->add_option("--dtype", a.dtype, "auto, fp32, bf16, fp16");
@@ -33,72 +29,29 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_flag("--json", a.json, "print JSON");
 }
 
-RalmModel load_ralm_model(const RalmArgs& a) {
+RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes) {
+  a.options.validate();
+  const bool retrieves = std::any_of(modes.begin(), modes.end(), [](ContextMode m) { return m != ContextMode::None; });
+  if (retrieves && a.index.empty()) throw InvalidArgument("--index is required unless --mode none");
   init_threads(a.threads);
-  Checkpoint ck = read_checkpoint(a.model);
-  RalmModel r;
-  r.tokenizer = load_tokenizer(ck, a.tokenizer);
-  const bool want_marks = a.marks && a.mode != "none";  // any retrieval mode in a list counts
-  r.marks = want_marks ? add_marking_tokens(ck, r.tokenizer) : find_marking_tokens(ck, r.tokenizer);
-  LoadOptions lo;
-  lo.dtype = parse_dtype(a.dtype);
-  r.model = load_model(ck, lo);
-  if (!a.adapter.empty()) {
-    load_adapter(*r.model, a.adapter, /*merge=*/!a.adapter_unmerged);
-    r.model->eval();
+  PretrainedOptions po;
+  po.tokenizer = a.tokenizer;
+  po.dtype = parse_dtype(a.dtype);
+  po.marks = uses_marks(modes, a.options) ? MarksPolicy::Add : MarksPolicy::Find;
+  po.adapter = a.adapter;
+  po.merge_adapter = !a.adapter_unmerged;
+  RalmSetup s;
+  s.pretrained = load_pretrained(a.model, po);
+  if (retrieves) {
+    RetrieverOptions ro;
+    ro.encoder_model = a.encoder_model;
+    ro.forbidden_titles = a.forbidden_titles;
+    s.retriever = open_retriever(a.index, ro);
+    s.documents = std::make_unique<RetrievedDocuments>(*s.retriever, *s.pretrained.tokenizer, a.options);
+  } else {
+    s.documents = std::make_unique<NoDocuments>();
   }
-  return r;
-}
-
-std::unique_ptr<Retriever> open_retriever(const std::string& dir, const std::string& encoder_model,
-                                          const std::string& forbidden_titles) {
-  IndexInfo info = read_index_info(dir);
-  std::shared_ptr<TextEncoder> encoder;
-  if (info.kind == "dense") {
-    const std::string path = encoder_model.empty() ? info.encoder : encoder_model;
-    if (path.empty()) throw InvalidArgument(dir + ": a dense index needs --encoder-model");
-    Checkpoint ck = read_checkpoint(path);
-    Tokenizer tok = load_tokenizer(ck);
-    encoder = std::make_shared<ModelEncoder>(load_model(ck), std::move(tok), path, info.max_tokens);
-  }
-  std::unique_ptr<Retriever> r = open_index(dir, encoder);
-  if (!forbidden_titles.empty()) r->set_title_filter(TitleFilter::from_file(forbidden_titles));
-  return r;
-}
-
-ContextOptions context_options(const RalmArgs& a) {
-  ContextOptions co;
-  co.marks = a.marks && a.mode.find_first_not_of("none,") != std::string::npos;
-  co.kv_reuse = !a.no_kv_reuse;
-  co.max_length = a.max_length;
-  co.reserve = a.stride;
-  co.window_keep = a.window_keep;
-  return co;
-}
-
-RalmOptions ralm_options(const RalmArgs& a) {
-  RalmOptions ro;
-  ro.stride = a.stride;
-  ro.query_tokens = a.query_tokens;
-  ro.doc_tokens = a.doc_tokens;
-  ro.k = a.k;
-  ro.validate();
-  return ro;
-}
-
-nlohmann::ordered_json stats_json(const ContextStats& s) {
-  nlohmann::ordered_json j;
-  j["retrievals"] = s.retrievals;
-  j["tokens_reencoded"] = s.tokens_reencoded;
-  j["tokens_decoded"] = s.tokens_decoded;
-  j["window_slides"] = s.window_slides;
-  j["forwards"] = s.forwards;
-  j["retrieve_seconds"] = s.retrieve_seconds;
-  j["reencode_seconds"] = s.reencode_seconds;
-  j["decode_seconds"] = s.decode_seconds;
-  j["total_seconds"] = s.retrieve_seconds + s.reencode_seconds + s.decode_seconds;
-  j["reencoded_per_place"] = s.reencoded_per_place;
-  return j;
+  return s;
 }
 
 }  // namespace flashback::cli

@@ -1,11 +1,11 @@
-// Shared by `flashback ralm` and `flashback eval`: model + tokenizer + marks
-// loading, the retriever, the RALM flags, and the stats as JSON.
+// Shared by `flashback ralm` and `flashback eval`: the model flags, the RALM
+// options (the library's one vocabulary, options.hpp), loading, the index.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "flashback/flashback.hpp"
 #include "flashback/retrieval/retriever.hpp"
@@ -15,55 +15,22 @@ namespace flashback::cli {
 struct RalmArgs {
   std::string model, tokenizer, index, mode = "append", dtype, forbidden_titles, encoder_model, adapter;
   bool adapter_unmerged = false;
-  bool marks = true;
-  bool no_kv_reuse = false;
-  int64_t stride = 16, query_tokens = 32, doc_tokens = 128, k = 1, max_length = 0;
-  double window_keep = 0.5;
+  RalmOptions options;
   int threads = 0;
   bool json = false;
 };
 
-// Adds the flags both commands share.
+// Adds the flags both commands share: --stride, --query-tokens, ... are the
+// fields of RalmOptions, described by ralm_option_docs().
 void add_ralm_flags(CLI::App* cmd, RalmArgs& a);
 
-// The model, its tokenizer and marking tokens as the flags ask: with marks
-// on, a model without them gets two mean-initialised rows.
-struct RalmModel {
-  LlamaForCausalLM model{nullptr};
-  Tokenizer tokenizer;
-  MarkingToken marks;
+// What a run needs: the model (with the marks any of `modes` uses), and the
+// retriever when a mode retrieves (--index is then required).
+struct RalmSetup {
+  Pretrained pretrained;
+  std::unique_ptr<Retriever> retriever;  // null when no mode retrieves
+  std::unique_ptr<DocumentSource> documents;
 };
-RalmModel load_ralm_model(const RalmArgs& a);
-
-// The index in `dir` (BM25, or dense with its encoder model: `encoder_model`,
-// else the one recorded in the index), with the forbidden titles applied.
-std::unique_ptr<Retriever> open_retriever(const std::string& dir, const std::string& encoder_model,
-                                          const std::string& forbidden_titles);
-
-ContextOptions context_options(const RalmArgs& a);
-RalmOptions ralm_options(const RalmArgs& a);
-nlohmann::ordered_json stats_json(const ContextStats& s);
-
-// Runs `fn` with the context type the mode names: fn(AppendingContext<...>&) etc.
-template <class Fn>
-auto with_context(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& cache, const MarkingToken& marks,
-                  const ContextOptions& co, Fn&& fn) {
-  switch (mode) {
-    case ContextMode::Append: {
-      AppendingContext<LlamaForCausalLMImpl> ctx(model, cache, marks, co);
-      return fn(ctx);
-    }
-    case ContextMode::Prepend: {
-      PrependingContext<LlamaForCausalLMImpl> ctx(model, cache, marks, co);
-      return fn(ctx);
-    }
-    default: {
-      ContextOptions none = co;
-      none.marks = false;
-      NoRetrievalContext<LlamaForCausalLMImpl> ctx(model, cache, marks, none);
-      return fn(ctx);
-    }
-  }
-}
+RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes);
 
 }  // namespace flashback::cli

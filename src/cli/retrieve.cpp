@@ -1,16 +1,13 @@
 // flashback retrieve: the best passages of an index for a query, as a
 // readable listing or a JSON list of {"title", "text", "score"}.
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "flashback/checkpoint.hpp"
 #include "flashback/error.hpp"
 #include "flashback/retrieval/index.hpp"
-#include "flashback/retrieval/model_encoder.hpp"
 #include "flashback/runtime.hpp"
 
 namespace flashback::cli {
@@ -23,31 +20,13 @@ struct RetrieveArgs {
   bool json = false;
 };
 
-// A dense index's query encoder: --model, else the model recorded in
-// meta.json when that is a path that exists.
-std::shared_ptr<TextEncoder> dense_encoder(const RetrieveArgs& a, const IndexInfo& info) {
-  std::string path = a.model;
-  if (path.empty()) {
-    std::error_code ec;
-    if (info.encoder.empty() || !std::filesystem::exists(info.encoder, ec))
-      throw InvalidArgument(a.index + ": a dense index needs --model (it was built with encoder '" + info.encoder + "')");
-    path = info.encoder;
-  }
-  init_threads(a.threads);
-  Checkpoint ck = read_checkpoint(path);
-  Tokenizer tok = load_tokenizer(ck, a.tokenizer);
-  LlamaForCausalLM model = load_model(ck);
-  ck.tensors.clear();
-  const std::string described = std::filesystem::absolute(path).lexically_normal().string();
-  return std::make_shared<ModelEncoder>(model, tok, described, info.max_tokens > 0 ? info.max_tokens : 128);
-}
-
 void run(const RetrieveArgs& a) {
-  IndexInfo info = read_index_info(a.index);
-  std::shared_ptr<TextEncoder> encoder;
-  if (info.kind == "dense") encoder = dense_encoder(a, info);
-  std::unique_ptr<Retriever> retriever = open_index(a.index, encoder);
-  if (!a.forbidden.empty()) retriever->set_title_filter(TitleFilter::from_file(a.forbidden));
+  init_threads(a.threads);
+  RetrieverOptions ro;
+  ro.encoder_model = a.model;
+  ro.encoder_tokenizer = a.tokenizer;
+  ro.forbidden_titles = a.forbidden;
+  std::unique_ptr<Retriever> retriever = open_retriever(a.index, ro);
   std::vector<Passage> found = retriever->retrieve(a.query, a.k);
 
   if (a.json) {

@@ -22,6 +22,15 @@ CorpusFormat parse_corpus_format(const std::string& name) {
   throw InvalidArgument("unknown corpus format '" + name + "' (wikitext, paragraphs, jsonl)");
 }
 
+const char* corpus_format_name(CorpusFormat format) {
+  switch (format) {
+    case CorpusFormat::WikiText: return "wikitext";
+    case CorpusFormat::Paragraphs: return "paragraphs";
+    case CorpusFormat::Jsonl: return "jsonl";
+  }
+  return "?";
+}
+
 namespace {
 
 std::string trim(const std::string& s) {

@@ -51,42 +51,51 @@ def test_parameters_are_the_cpp_tensors():
         assert p.data_ptr() == ct.data_ptr()
     # A change made from Python is what the C++ forward computes with.
     x = torch.randint(0, 512, (1, 12))
-    before = m(x)
+    before = m(x).logits
     with torch.no_grad():
         m.get_parameter("model.norm.weight").mul_(2)
-    assert (m(x) - before).abs().max() > 1e-3
+    assert (m(x).logits - before).abs().max() > 1e-3
     # state_dict has HF's names and loads back.
     sd = {k: v.clone() for k, v in m.state_dict().items()}
     assert set(sd) == set(names)
     with torch.no_grad():
         m.get_parameter("model.norm.weight").zero_()
     m.load_state_dict(sd)
-    assert torch.equal(m(x), m(x)) and (m(x) - before).abs().max() > 1e-3
+    assert torch.equal(m(x).logits, m(x).logits) and (m(x).logits - before).abs().max() > 1e-3
 
 
 def test_every_checkpoint_format_loads_the_same_model(tmp_path):
     x = torch.randint(0, 512, (1, 16))
-    ref = LlamaForCausalLM.from_pretrained(STORIES).eval()(x)
+    ref = LlamaForCausalLM.from_pretrained(STORIES).eval()(x).logits
     gguf = LlamaForCausalLM.from_pretrained(SHARED / "models/stories260K/stories260K.gguf").eval()
-    assert torch.equal(gguf(x), ref)
+    assert torch.equal(gguf(x).logits, ref)
     gguf.save_pretrained(tmp_path / "hf")
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert torch.equal(hf(x), ref) and hf.tokenizer is not None
+    assert torch.equal(hf(x).logits, ref) and hf.tokenizer is not None
     sharded = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama-gqa-sharded")
-    assert sharded.config["num_key_value_heads"] == 2 and sharded.tokenizer is None
+    assert sharded.config.num_key_value_heads == 2 and sharded.tokenizer is None
 
 
 def test_to_dtype_keeps_parameters_and_agrees():
     m = tiny()
     x = torch.randint(0, 61, (2, 9))
-    ref = m(x)
+    ref = m(x).logits
     p0 = m.get_parameter("model.layers.0.self_attn.q_proj.weight")
     m.to(torch.bfloat16)
     assert m.dtype == torch.bfloat16 and p0.dtype == torch.bfloat16
     assert m.get_parameter("model.layers.0.self_attn.q_proj.weight") is p0
-    assert (m(x) - ref).abs().max() < 0.1
+    assert (m(x).logits - ref).abs().max() < 0.1
     m.float()
     assert m.dtype == torch.float32
+    # Module.to's other signatures, parsed without torch's private helpers
+    assert m.to("cpu", torch.bfloat16).dtype == torch.bfloat16
+    assert m.to(dtype=torch.float32, non_blocking=False).dtype == torch.float32
+    assert m.to(torch.zeros(1, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert m.to(torch.device("cpu"), torch.float32, False).dtype == torch.float32 and m.device == torch.device("cpu")
+    with pytest.raises(TypeError):
+        m.to(torch.float64)
+    with pytest.raises(TypeError):
+        m.to(sideways=True)
     with pytest.raises(NotImplementedError):
         m.double()
 
@@ -98,7 +107,7 @@ def test_peft_fixture_from_python():
                                              adapter=FIXTURES / "tiny-llama-gqa-marks-lora", merge_adapter=merge)
         m.eval()
         with torch.no_grad():
-            diff = (m(ref["input_ids"]) - ref["logits"]).abs().max().item()
+            diff = (m(ref["input_ids"]).logits - ref["logits"]).abs().max().item()
         assert diff < 1e-4, (merge, diff)
     cfg = flashback.read_adapter_config(FIXTURES / "tiny-llama-gqa-marks-lora")
     assert cfg.r == 8 and cfg.lora_alpha == 16 and list(cfg.trainable_token_indices) == [512, 513]
@@ -125,19 +134,19 @@ def test_fresh_adapter_is_noop_and_merge_agrees():
     m = tiny(vocab=61)
     m.eval()
     x = torch.randint(0, 61, (2, 15))
-    base = m(x).detach()
+    base = m(x).logits.detach()
     m.add_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=flashback.modeling.LORA_TARGETS,
                              trainable_token_indices=[59, 60]))
-    assert torch.equal(m(x), base)
+    assert torch.equal(m(x).logits, base)
     perturb(m)
-    unmerged = m(x).detach()
+    unmerged = m(x).logits.detach()
     assert (unmerged - base).abs().max() > 1e-3
     m.merge_adapter()
-    assert (m(x) - unmerged).abs().max() < 1e-5
+    assert (m(x).logits - unmerged).abs().max() < 1e-5
     m.unmerge_adapter()
-    assert (m(x) - unmerged).abs().max() < 1e-5
+    assert (m(x).logits - unmerged).abs().max() < 1e-5
     with m.adapter_disabled():
-        assert (m(x) - base).abs().max() < 1e-5
+        assert (m(x).logits - base).abs().max() < 1e-5
 
 
 def test_gradients_reach_exactly_the_adapter():
@@ -152,8 +161,8 @@ def test_gradients_reach_exactly_the_adapter():
     assert trainable == expected
     ids = torch.tensor([[1] + list(range(20, 40)) + [512] + list(range(50, 70)) + [513] + list(range(80, 96))])
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[0, -17:-1] = ids[0, -16:]
-    loss = m(ids, labels=labels)
+    labels[0, -16:] = ids[0, -16:]
+    loss = m(ids, labels=labels, loss="target").loss
     loss.backward()
     for n, p in m.named_parameters():
         if n in expected:
@@ -176,11 +185,11 @@ def test_numerical_gradient_check():
     m.eval()
     ids = torch.tensor([[1, 5, 59, 7, 9, 60, 11, 3, 4, 8]])
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[0, 5:9] = ids[0, 6:10]
+    labels[0, 6:10] = ids[0, 6:10]
     m.mark_left = 59
 
     def f():
-        return m(ids, labels=labels).double()
+        return m(ids, labels=labels, loss="target").loss.double()
 
     loss = f()
     loss.backward()
@@ -210,11 +219,11 @@ def test_adamw_leaves_frozen_rows_bit_identical():
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
     ids = torch.tensor([[1] + list(range(20, 60)) + [512] + list(range(100, 130)) + [513] + list(range(200, 216))])
     labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[0, -17:-1] = ids[0, -16:]
+    labels[0, -16:] = ids[0, -16:]
     delta0 = m.get_parameter("model.embed_tokens.token_adapter.trainable_tokens_delta").detach().clone()
     for _ in range(3):
         opt.zero_grad()
-        m(ids, labels=labels).backward()
+        m(ids, labels=labels, loss="target").loss.backward()
         opt.step()
     for n, p in m.named_parameters():
         if n in frozen:
@@ -231,13 +240,43 @@ def test_adamw_leaves_frozen_rows_bit_identical():
 def test_loss_excludes_marks_and_scores_targets_only():
     logits = torch.randn(2, 5, 10)
     labels = torch.full((2, 5), IGNORE_INDEX)
-    labels[0, 3], labels[1, 4] = 4, 7
+    labels[0, 3], labels[1, 4] = 4, 7  # HF's convention: the tokens at 3 and 4, predicted by rows 2 and 3
     got = flashback.target_loss(logits, labels, mark_left=8)
-    want = torch.nn.functional.cross_entropy(torch.stack([logits[0, 3, :8], logits[1, 4, :8]]), torch.tensor([4, 7]))
+    want = torch.nn.functional.cross_entropy(torch.stack([logits[0, 2, :8], logits[1, 3, :8]]), torch.tensor([4, 7]))
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    labels[0, 0] = 9
+    labels[0, 1] = 9
     with pytest.raises(ValueError, match="marking token"):
         flashback.target_loss(logits, labels, mark_left=8)
+
+
+def test_labels_as_hf_takes_them():
+    """model(input_ids, labels=...) shifts internally and ignores -100, as HF's LlamaForCausalLM; the output is
+    a CausalLMOutput. Held to the formula of HF's ForCausalLMLoss written out here."""
+    F = torch.nn.functional
+    m = tiny(vocab=61).eval()
+    ids = torch.randint(0, 59, (2, 12))
+    out = m(ids, labels=ids)
+    want = F.cross_entropy(out.logits[:, :-1].reshape(-1, 61), ids[:, 1:].reshape(-1))
+    assert isinstance(out, flashback.CausalLMOutput)
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert out[0] is out.loss and out["logits"] is out.logits and out.keys() == ["loss", "logits"]
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    labels[1, 9] = IGNORE_INDEX
+    logits = m(ids).logits
+    assert m(ids).loss is None and m(ids)[0] is not None
+    keep = labels[:, 1:] != IGNORE_INDEX
+    want = F.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    assert m(ids, labels=labels).loss.item() == pytest.approx(want.item(), rel=1e-6)
+    # FlashBack's loss by name: the marks (59, 60) out of the softmax, the head on the scored rows only.
+    m.mark_left = 59
+    target = m(ids, labels=labels, loss="target")
+    assert target.logits is None
+    want = F.cross_entropy(logits[:, :-1][keep][:, :59], labels[:, 1:][keep])
+    assert target.loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert flashback.target_loss(logits, labels, 59).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="loss must be"):
+        m(ids, labels=labels, loss="mse")
 
 
 def test_context_layout_matches_training_layout(tmp_path):
@@ -246,9 +285,9 @@ def test_context_layout_matches_training_layout(tmp_path):
     m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
     doc = m.encode("The cat sat on the mat. It was a sunny day.", bos=False)
 
-    class OneDoc:
+    class OneDoc(flashback.Retriever):  # a retriever written in Python, called by the C++ retrieval
         def retrieve(self, q, k):
-            return [{"document": "The cat sat on the mat. It was a sunny day."}]
+            return [{"text": "The cat sat on the mat. It was a sunny day."}]
 
     stream = m.encode("Once upon a time there was a little girl named Lily. She loved to play outside in the park "
                       "with her friends and her dog. One day she found a shiny stone under a big tree.", bos=False)
@@ -257,12 +296,13 @@ def test_context_layout_matches_training_layout(tmp_path):
         cfg = DataConfig(layout=layout, max_length=1 + 40 + len(doc) + 2 + 16, min_context=40, query_tokens=8,
                          doc_tokens=len(doc))
         ex = build_examples(stream, m.tokenizer, OneDoc(), cfg, mark_left=m.mark_left)[0]
-        ctx = flashback.Context(m, layout, reserve=16)
+        assert ex.document == "The cat sat on the mat. It was a sunny day."
+        ctx = flashback.Context(m, layout, stride=16)
         ctx.reset([1] + stream[:40])  # room for exactly 40 context tokens: the first 40
         ctx.place([doc])
         ctx.append(ex.input_ids[-16:], all_rows=True)
         assert ctx.layout() == ex.input_ids, layout
-        assert ex.labels[-17:-1] == ex.input_ids[-16:] and set(ex.labels[:-17] + ex.labels[-1:]) == {IGNORE_INDEX}
+        assert ex.labels[-16:] == ex.input_ids[-16:] and set(ex.labels[:-16]) == {IGNORE_INDEX}
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -311,7 +351,10 @@ def test_generate_and_evaluate_from_python(tmp_path):
     text = "Tom had a dog. The dog liked to run in the park with a ball. Tom and the dog were friends."
     a = flashback.evaluate(m, ret, text, mode="append")
     b = flashback.evaluate(m, ret, text, mode="append", kv_reuse=False)
-    assert a["tokens"] == b["tokens"] > 0 and abs(a["nll"] - b["nll"]) < 1e-5 * a["tokens"]
+    assert a["tokens"] == b["tokens"] > 0 and abs(a["nll"] - b["nll"]) < 1e-5  # mean NLL, as the CLI's
+    assert a["nll_sum"] == pytest.approx(a["nll"] * a["tokens"], rel=1e-12)
+    with pytest.raises(TypeError, match="unknown RALM option 'strde'"):
+        flashback.evaluate(m, ret, text, strde=8)
 
 
 def test_kernels_switch_gives_the_same_decode():
@@ -334,3 +377,67 @@ def test_kernels_switch_gives_the_same_decode():
     full = m(ids)
     full = full.logits if hasattr(full, "logits") else full
     assert (outs[0] - full).abs().max().item() < 1e-4
+
+
+def test_one_options_vocabulary_with_the_cli():
+    """RalmOptions' fields are the CLI's flags, with the same help text and defaults: one vocabulary."""
+    from fbtest import find_cli
+    o = flashback.RalmOptions()
+    assert (o.stride, o.query_tokens, o.doc_tokens, o.k, o.marks, o.kv_reuse, o.max_length, o.window_keep) == \
+        (16, 32, 128, 1, True, True, 0, 0.5)
+    assert flashback.RalmOptions.fields == ["stride", "query_tokens", "doc_tokens", "k", "marks", "kv_reuse",
+                                            "max_length", "window_keep"]
+    for command in ("ralm", "eval"):
+        text = " ".join(subprocess.run([str(find_cli()), command, "--help"], capture_output=True,
+                                       text=True).stdout.split())
+        for name in flashback.RalmOptions.fields:
+            flag = "-k" if name == "k" else "--" + name.replace("_", "-")
+            assert flag in text, (command, flag)
+            doc = " ".join(getattr(flashback.RalmOptions, name).__doc__.split())
+            assert doc[:40] in text, (command, name, doc)
+        assert "--no-marks" in text and "--no-kv-reuse" in text
+
+
+def test_contexts_size_their_cache_like_the_cli():
+    """max_length defaults to 512 (the paper's) or the model's maximum when smaller; the cache holds exactly that."""
+    def model(max_pos):
+        return LlamaForCausalLM.from_config({
+            "vocab_size": 61, "hidden_size": 32, "intermediate_size": 70, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": max_pos,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0})
+    big = flashback.Context(model(4096), "append", marks=False)
+    assert big.options.max_length == 512 and big.raw.cache_capacity() == 512
+    small = flashback.Context(model(64), "prepend", marks=False)
+    assert small.options.max_length == 64 and small.raw.cache_capacity() == 64
+    none = flashback.Context(model(4096), "none", max_length=100)  # marks asked for, but mode none has none
+    assert none.raw.cache_capacity() == 100 and none.options.marks is False and none.mode == "none"
+    with pytest.raises(flashback.InvalidArgument, match="exceeds"):
+        flashback.Context(model(64), "none", max_length=100)
+
+
+def test_atomic_directory_from_python(tmp_path):
+    from flashback.io import atomic_directory, write_text_atomic
+    target = tmp_path / "ckpt"
+    with atomic_directory(target, "state.txt", "a checkpoint") as t:
+        (t / "state.txt").write_text("1")
+        (t / "sub").mkdir()
+        (t / "sub/x").write_text("x")
+    assert (target / "state.txt").read_text() == "1" and (target / "sub/x").read_text() == "x"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_directory(target, "state.txt", "a checkpoint") as t:
+            (t / "state.txt").write_text("2")
+            raise RuntimeError("interrupted")
+    assert (target / "state.txt").read_text() == "1"  # the old one, whole
+    with atomic_directory(target, "state.txt", "a checkpoint") as t:
+        (t / "state.txt").write_text("3")
+    assert (target / "state.txt").read_text() == "3" and not (target / "sub").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "precious").write_text("x")
+    with pytest.raises(flashback.FlashbackError, match="not a checkpoint .no state.txt.; refusing"):
+        with atomic_directory(home, "state.txt", "a checkpoint"):
+            pass
+    assert (home / "precious").read_text() == "x"
+    write_text_atomic(tmp_path / "h.json", "[1]\n")
+    assert (tmp_path / "h.json").read_text() == "[1]\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "h.json", "home"]  # no staging left behind

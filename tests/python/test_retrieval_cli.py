@@ -101,7 +101,7 @@ def test_dense_index_uses_the_recorded_model(tmp_path):
           "--out", tmp_path / "d2", contains=["--model"])
     meta["encoder"] = "some-remote-encoder"
     (out / "meta.json").write_text(json.dumps(meta))
-    fails("retrieve", "--index", out, "--query", "cat", contains=["--model", "some-remote-encoder"])
+    fails("retrieve", "--index", out, "--query", "cat", contains=["needs an encoder model", "some-remote-encoder"])
 
 
 def test_failed_rebuild_keeps_the_old_index(tmp_path, corpus):

@@ -19,6 +19,7 @@ enum class CorpusFormat {
 
 // "wikitext" | "paragraphs" | "jsonl"; InvalidArgument otherwise.
 CorpusFormat parse_corpus_format(const std::string& name);
+const char* corpus_format_name(CorpusFormat format);
 
 // Progress: bytes of the corpus consumed so far, and its total size.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

@@ -93,4 +93,26 @@ class DenseRetriever : public Retriever {
 // `encoder` (InvalidArgument without one); a BM25 index ignores it.
 std::unique_ptr<Retriever> open_index(const std::string& dir, std::shared_ptr<TextEncoder> encoder = nullptr);
 
+// ---- What the front ends (CLI, Python) do with indexes, in one place.
+
+struct RetrieverOptions {
+  std::string encoder_model;      // dense: the query encoder ("": the model recorded in meta.json)
+  std::string encoder_tokenizer;  // dense: its tokenizer ("": found with the model)
+  std::string forbidden_titles;   // a file of titles never to retrieve ("": none)
+};
+
+// Opens the index in `dir`; a dense index gets its encoder model loaded.
+std::unique_ptr<Retriever> open_retriever(const std::string& dir, const RetrieverOptions& options = {});
+
+struct IndexProgress {
+  ProgressFn reading;   // corpus bytes read
+  ProgressFn building;  // passages indexed or embedded
+};
+
+// Splits `corpus` into passages of at most `max_tokens` tokens of `splitter`
+// and builds an index in `dir` (atomically): dense with `encoder`, BM25
+// without one. Returns the passage count.
+int64_t index_corpus(const std::string& corpus, CorpusFormat format, const Tokenizer& splitter, int64_t max_tokens,
+                     const std::string& dir, TextEncoder* encoder = nullptr, const IndexProgress& progress = {});
+
 }  // namespace flashback

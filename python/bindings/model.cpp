@@ -1,0 +1,131 @@
+// The model, its LoRA adapter and PEFT files, and loading as the CLI loads.
+#include "bindings.hpp"
+#include "flashback/checkpoint.hpp"
+#include "flashback/dtype.hpp"
+#include "flashback/lora.hpp"
+#include "flashback/peft.hpp"
+#include "flashback/pretrained.hpp"
+
+namespace flashback::python {
+
+namespace {
+using Model = LlamaForCausalLMImpl;
+using ModelPtr = std::shared_ptr<Model>;
+
+py::dict lora_config_dict(const LoraConfig& c) {
+  py::dict d;
+  d["r"] = c.r;
+  d["lora_alpha"] = c.alpha;
+  d["lora_dropout"] = c.dropout;
+  d["target_modules"] = c.target_modules;
+  d["trainable_token_indices"] = c.trainable_token_indices;
+  return d;
+}
+
+std::string dtype_name(at::ScalarType t) {
+  return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : "float16";
+}
+}  // namespace
+
+void bind_model(py::module_& m) {
+  m.def("supports_dtype", [](const std::string& dtype, const std::string& device) {
+    return supports_dtype(parse_dtype(dtype).value_or(at::kFloat), at::Device(device));
+  });
+
+  py::class_<KVCacheStore>(m, "KVCache")
+      .def("size", &KVCacheStore::size)
+      .def("capacity", &KVCacheStore::capacity)
+      .def("batch", &KVCacheStore::batch)
+      .def("truncate", &KVCacheStore::truncate, py::arg("n"));
+
+  py::class_<Model, ModelPtr>(m, "Model")
+      .def_static("random", [](const std::string& config_json, uint64_t seed, const std::string& dtype) {
+            LlamaForCausalLMOptions o;
+            o.dtype = parse_dtype(dtype).value_or(at::kFloat);
+            auto model = std::make_shared<Model>(LlamaConfig::from_json(config_json, "config"), o);
+            model->init_random(seed);
+            return model;
+          }, py::arg("config_json"), py::arg("seed") = 0, py::arg("dtype") = "float32")
+      .def_property_readonly("config_json", [](const Model& mm) { return mm.config().to_json(); })
+      .def_property_readonly("dtype", [](const Model& mm) { return dtype_name(mm.dtype()); })
+      .def_property_readonly("device", [](const Model& mm) { return mm.device().str(); })
+      .def_property("kernels", [](const Model& mm) { return std::string(kernels_name(mm.kernels())); },
+                    [](Model& mm, const std::string& k) { mm.set_kernels(parse_kernels(k)); },
+                    "'auto' (the hand-written CPU kernels where they apply) or 'libtorch' (LibTorch's ops only)")
+      .def("named_parameters", [](Model& mm) {
+             std::vector<std::pair<std::string, at::Tensor>> out;
+             for (auto& item : mm.named_parameters()) out.emplace_back(item.key(), item.value());
+             return out;
+           }, "(HF name, the C++ parameter itself) pairs")
+      .def("forward", [](Model& mm, const at::Tensor& tokens, const std::optional<at::Tensor>& positions) {
+             return mm.forward(tokens, positions.value_or(at::Tensor()));
+           }, py::arg("tokens"), py::arg("positions") = py::none(), release_gil())
+      .def("forward_cached", [](Model& mm, const at::Tensor& tokens, KVCacheStore& cache,
+                                const std::optional<at::Tensor>& positions) {
+             return mm.forward(tokens, positions.value_or(at::Tensor()), cache);
+           }, py::arg("tokens"), py::arg("cache"), py::arg("positions") = py::none(), release_gil())
+      .def("hidden_states", [](Model& mm, const at::Tensor& tokens, const std::optional<at::Tensor>& positions) {
+             return mm.hidden_states(tokens, positions.value_or(at::Tensor()), nullptr);
+           }, py::arg("tokens"), py::arg("positions") = py::none(), release_gil())
+      .def("logits", [](Model& mm, const at::Tensor& h) { return mm.logits(h); }, release_gil())
+      .def("make_cache", &Model::make_cache, py::arg("batch") = 1, py::arg("capacity") = 0)
+      .def("train", [](Model& mm, bool on) { mm.train(on); }, py::arg("mode") = true)
+      .def_property_readonly("training", [](const Model& mm) { return mm.is_training(); })
+      .def("to", [](Model& mm, const std::string& device, const std::string& dtype) {
+             auto dt = parse_dtype(dtype);
+             at::Device dev(device.empty() ? mm.device().str() : device);
+             mm.to(dev, dt.value_or(mm.dtype()));
+           }, py::arg("device") = "", py::arg("dtype") = "", release_gil())
+      // LoRA / adapters
+      .def("add_lora", [](Model& mm, int64_t r, double alpha, double dropout, std::vector<std::string> targets,
+                          std::vector<int64_t> tokens) {
+             LoraConfig c;
+             c.r = r;
+             c.alpha = alpha;
+             c.dropout = dropout;
+             c.target_modules = std::move(targets);
+             c.trainable_token_indices = std::move(tokens);
+             add_lora(mm, c);
+           }, py::arg("r"), py::arg("alpha"), py::arg("dropout"), py::arg("target_modules"),
+           py::arg("trainable_token_indices"))
+      .def_property_readonly("has_adapter", [](const Model& mm) { return has_lora(mm); })
+      .def("adapter_config", [](const Model& mm) { return lora_config_dict(lora_config(mm)); })
+      .def("mark_only_adapter_trainable", [](Model& mm) { mark_only_adapter_trainable(mm); })
+      .def("set_adapter_enabled", [](Model& mm, bool on) { set_adapter_enabled(mm, on); })
+      .def("merge_adapter", [](Model& mm) { merge_adapter(mm); })
+      .def("unmerge_adapter", [](Model& mm) { unmerge_adapter(mm); })
+      .def("merge_and_unload", [](Model& mm) { merge_and_unload(mm); })
+      .def("save_adapter", [](const Model& mm, const std::string& dir, const std::string& base) {
+             save_adapter(mm, dir, base);
+           }, py::arg("dir"), py::arg("base_model") = "", release_gil())
+      .def("load_adapter", [](Model& mm, const std::string& dir, bool merge) { load_adapter(mm, dir, merge); },
+           py::arg("dir"), py::arg("merge") = false, release_gil())
+      .def("save_pretrained", [](Model& mm, const std::string& dir, const Tokenizer* tok) {
+             save_hf_directory(dir, mm.config(), model_tensors(mm), tok);
+           }, py::arg("dir"), py::arg("tokenizer") = nullptr, release_gil());
+
+  m.def("read_adapter_config", [](const std::string& dir) { return lora_config_dict(read_adapter_config(dir)); });
+
+  m.def("load", [](const std::string& path, const std::string& dtype, const std::string& marks,
+                   const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge) {
+          PretrainedOptions o;
+          o.adapter = adapter;
+          o.merge_adapter = merge;
+          o.tokenizer = tokenizer;
+          o.require_tokenizer = false;
+          o.dtype = parse_dtype(dtype);
+          o.device = at::Device(device);
+          o.marks = parse_marks_policy(marks);
+          Pretrained p;
+          {
+            py::gil_scoped_release nogil;
+            p = load_pretrained(path, o);
+          }
+          return py::make_tuple(ModelPtr(p.model.ptr()), p.tokenizer ? py::cast(*p.tokenizer) : py::none(),
+                                p.marks.present() ? p.marks.left() : -1);
+        }, py::arg("path"), py::arg("dtype") = "auto", py::arg("marks") = "find", py::arg("tokenizer") = "",
+        py::arg("device") = "cpu", py::arg("adapter") = "", py::arg("merge_adapter") = false,
+        "(Model, Tokenizer or None, index of <MARK_L> or -1); marks: 'add', 'find' or 'none'");
+}
+
+}  // namespace flashback::python

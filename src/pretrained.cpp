@@ -1,0 +1,39 @@
+#include "flashback/pretrained.hpp"
+
+#include "flashback/checkpoint.hpp"
+#include "flashback/error.hpp"
+#include "flashback/peft.hpp"
+
+namespace flashback {
+
+MarksPolicy parse_marks_policy(const std::string& name) {
+  if (name == "add") return MarksPolicy::Add;
+  if (name == "find") return MarksPolicy::Find;
+  if (name == "none") return MarksPolicy::None;
+  throw InvalidArgument("marks must be 'add', 'find' or 'none', not '" + name + "'");
+}
+
+Pretrained load_pretrained(const std::string& path, const PretrainedOptions& o) {
+  Checkpoint ck = read_checkpoint(path);
+  Pretrained r;
+  try {
+    r.tokenizer = load_tokenizer(ck, o.tokenizer);
+  } catch (const Error&) {
+    // Marks need the tokenizer's vocabulary to be placed after.
+    if (o.require_tokenizer || !o.tokenizer.empty() || o.marks == MarksPolicy::Add) throw;
+  }
+  if (o.marks == MarksPolicy::Add) r.marks = add_marking_tokens(ck, *r.tokenizer);
+  if (o.marks == MarksPolicy::Find && r.tokenizer) r.marks = find_marking_tokens(ck, *r.tokenizer);
+  LoadOptions lo;
+  lo.dtype = o.dtype;
+  lo.device = o.device;
+  r.model = load_model(ck, lo);
+  ck.tensors.clear();  // release the mapped file
+  if (!o.adapter.empty()) {
+    load_adapter(*r.model, o.adapter, o.merge_adapter);
+    r.model->eval();
+  }
+  return r;
+}
+
+}  // namespace flashback

@@ -1,0 +1,36 @@
+#include "flashback/report.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace flashback {
+
+namespace {
+nlohmann::ordered_json stats_object(const ContextStats& s) {
+  nlohmann::ordered_json j;
+  j["retrievals"] = s.retrievals;
+  j["tokens_reencoded"] = s.tokens_reencoded;
+  j["tokens_decoded"] = s.tokens_decoded;
+  j["window_slides"] = s.window_slides;
+  j["forwards"] = s.forwards;
+  j["retrieve_seconds"] = s.retrieve_seconds;
+  j["reencode_seconds"] = s.reencode_seconds;
+  j["decode_seconds"] = s.decode_seconds;
+  j["total_seconds"] = s.retrieve_seconds + s.reencode_seconds + s.decode_seconds;
+  j["reencoded_per_place"] = s.reencoded_per_place;
+  return j;
+}
+}  // namespace
+
+std::string to_json(const ContextStats& stats) { return stats_object(stats).dump(); }
+
+std::string to_json(const EvalResult& r) {
+  nlohmann::ordered_json j;
+  j["ppl"] = r.ppl();
+  j["nll"] = r.nll();
+  j["nll_sum"] = r.nll_sum;
+  j["tokens"] = r.tokens;
+  j["stats"] = stats_object(r.stats);
+  return j.dump();
+}
+
+}  // namespace flashback
