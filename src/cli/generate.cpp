@@ -30,7 +30,7 @@ void run(const GenerateArgs& a) {
   const std::vector<int32_t> ids32 = tok.encode(a.prompt, /*add_bos=*/true);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
   KVCacheStore cache = p.model->make_cache(1);
-  TokenPrinter printer(tok, a.prompt, ids32, /*print=*/!a.json);
+  TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
   GenerateResult r = generate(*p.model, cache, prompt, a.generation, std::ref(printer), p.marks);
   const std::string& text = printer.finish();
   const double prefill = r.stats.reencode_seconds, decode = r.stats.decode_seconds;

@@ -29,7 +29,7 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
   const std::vector<int32_t> ids32 = tok.encode(a.prompt, /*add_bos=*/true);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
   if (!a.json && header) std::printf("== %s%s\n", context_mode_name(mode), ctx->options().marks ? " + marks" : "");
-  TokenPrinter printer(tok, a.prompt, ids32, /*print=*/!a.json);
+  TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
   GenerateResult r = generate(*ctx, *s.documents, prompt, a.generation, std::ref(printer));
   const std::string& text = printer.finish();
   if (a.json) {
