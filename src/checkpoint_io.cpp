@@ -6,6 +6,7 @@
 #include "flashback/checkpoint.hpp"
 #include "flashback/error.hpp"
 #include "flashback/formats/safetensors.hpp"
+#include "flashback/io/atomic_dir.hpp"
 #include "flashback/io/atomic_file.hpp"
 
 namespace flashback {
@@ -54,9 +55,11 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
   write_safetensors(path, raw, metadata);
 }
 
-void save_hf_directory(const std::string& dir, const LlamaConfig& config,
-                       const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer) {
-  make_directories(dir);
+namespace {
+// config.json, generation_config.json, model.safetensors [, tokenizer.model,
+// tokenizer_config.json] into `dir`.
+void write_hf_files(const std::string& dir, const LlamaConfig& config, const std::map<std::string, at::Tensor>& tensors,
+                    const Tokenizer* tokenizer) {
   std::map<std::string, at::Tensor> weights = tensors;
   if (config.tie_word_embeddings) weights.erase("lm_head.weight");
   auto emb = weights.find("model.embed_tokens.weight");
@@ -81,6 +84,13 @@ void save_hf_directory(const std::string& dir, const LlamaConfig& config,
                                  {"model_max_length", c.max_position_embeddings}};
     write_file_atomic(dir + "/tokenizer_config.json", tc.dump(2) + "\n");
   }
+}
+}  // namespace
+
+void save_hf_directory(const std::string& target, const LlamaConfig& config,
+                       const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer) {
+  write_directory_atomic(target, "config.json", "an HF model directory",
+                         [&](const std::string& dir) { write_hf_files(dir, config, tensors, tokenizer); });
 }
 
 Tokenizer load_tokenizer(const Checkpoint& ck, const std::string& tokenizer_path) {

@@ -2,6 +2,8 @@
 // problem, never a crash or a silently wrong model.
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -185,4 +187,24 @@ TEST_CASE("sampling: seeds reproduce, top-k and top-p cut", "[sampling]") {
   at::Tensor kept2 = keep_top_p(logits, 0.6);  // needs the top two
   CHECK(kept2[4].item<float>() == 2.9f);
   CHECK(std::isinf(kept2[2].item<float>()));
+}
+
+TEST_CASE("HF directories are written as a whole and never over something else", "[checkpoint][io]") {
+  namespace fs = std::filesystem;
+  const std::string root = flashback::test::temp_dir("hfout");
+  Checkpoint ck = read_checkpoint(shared("models/stories260K/stories260K.bin"));
+  Tokenizer tok = load_tokenizer(ck);
+  save_hf_directory(root + "/model", ck.config, ck.tensors, &tok);
+  ck.config.rms_norm_eps = 1e-6;  // a second write replaces the first
+  save_hf_directory(root + "/model", ck.config, ck.tensors, &tok);
+  CHECK(read_checkpoint(root + "/model").config.rms_norm_eps == 1e-6);
+  fs::create_directories(root + "/precious");
+  std::ofstream(root + "/precious/notes.txt") << "keep me";
+  CHECK_THROWS_WITH(save_hf_directory(root + "/precious", ck.config, ck.tensors, &tok),
+                    Contains("is not an HF model directory (no config.json); refusing to replace it"));
+  CHECK(read_file(root + "/precious/notes.txt") == "keep me");
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{"model", "precious"});  // no staging directory left behind
 }

@@ -56,7 +56,8 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
 
 // Writes an HF-layout model directory: config.json, generation_config.json,
 // model.safetensors and, when a tokenizer is given, tokenizer.model and
-// tokenizer_config.json. Each file is written atomically.
+// tokenizer_config.json. The directory is replaced as a whole
+// (io/atomic_dir.hpp); an existing one must be empty or hold a config.json.
 void save_hf_directory(const std::string& dir, const LlamaConfig& config,
                        const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer);
 
