@@ -7,6 +7,7 @@
 # Usage: scripts/run.sh [extra flashback ralm flags, e.g. -n 256 --no-marks]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+"$root/scripts/setup.sh"
 "$root/scripts/build.sh" flashback_cli >&2
 build=${FLASHBACK_BUILD_DIR:-$root/build}
 data=$build/data

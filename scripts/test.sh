@@ -3,10 +3,12 @@
 # Usage: scripts/test.sh [--sanitize]   (ASan + UBSan build in build-asan/)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+"$root/scripts/setup.sh"
 "$root/scripts/build.sh" "$@"
 build=${FLASHBACK_BUILD_DIR:-$root/build}
-# The Python package, pip-installed into .venv as a user would (reuses the build).
-[ "${1:-}" = "--sanitize" ] || FLASHBACK_CMAKE_BUILD_DIR="$build" "$root/scripts/install_python.sh"
+# The Python package, pip-installed into .venv as a user would (scikit-build-core
+# builds it in build/python/).
+[ "${1:-}" = "--sanitize" ] || "$root/scripts/install_python.sh"
 if [ "${1:-}" = "--sanitize" ]; then
   build=${FLASHBACK_BUILD_DIR:-$root/build-asan}
   # LibTorch is not instrumented: its own allocations are not ours to report.
