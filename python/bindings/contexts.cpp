@@ -37,11 +37,12 @@ void bind_contexts(py::module_& m) {
                        const RalmOptions& options) {
              return std::make_unique<OwnedContext>(std::move(model), parse_context_mode(mode), mark_left, options);
            }), py::arg("model"), py::arg("mode"), py::arg("mark_left"), py::arg("options"))
-      .def("reset", [](OwnedContext& c, std::vector<int64_t> input) { c.context->reset(std::move(input)); })
+      .def("reset", [](OwnedContext& c, std::vector<int64_t> input) { c.context->reset(std::move(input)); },
+           py::arg("input"))
       .def("place", [](OwnedContext& c, const std::vector<std::vector<int64_t>>& docs) {
              c10::InferenceMode g;
              return c.context->place(docs);
-           }, release_gil(), "places the documents; returns the logits after the layout's last slot [V]")
+           }, py::arg("docs"), release_gil(), "places the documents; returns the logits after the layout's last slot [V]")
       .def("append", [](OwnedContext& c, const std::vector<int64_t>& tokens, bool all_rows) {
              c10::InferenceMode g;
              return c.context->append(tokens, all_rows);

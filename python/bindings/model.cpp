@@ -67,7 +67,7 @@ void bind_model(py::module_& m) {
       .def("hidden_states", [](Model& mm, const at::Tensor& tokens, const std::optional<at::Tensor>& positions) {
              return mm.hidden_states(tokens, positions.value_or(at::Tensor()), nullptr);
            }, py::arg("tokens"), py::arg("positions") = py::none(), release_gil())
-      .def("logits", [](Model& mm, const at::Tensor& h) { return mm.logits(h); }, release_gil())
+      .def("logits", [](Model& mm, const at::Tensor& h) { return mm.logits(h); }, py::arg("hidden"), release_gil())
       .def("make_cache", &Model::make_cache, py::arg("batch") = 1, py::arg("capacity") = 0)
       .def("train", [](Model& mm, bool on) { mm.train(on); }, py::arg("mode") = true)
       .def_property_readonly("training", [](const Model& mm) { return mm.is_training(); })
@@ -91,7 +91,7 @@ void bind_model(py::module_& m) {
       .def_property_readonly("has_adapter", [](const Model& mm) { return has_lora(mm); })
       .def("adapter_config", [](const Model& mm) { return lora_config_dict(lora_config(mm)); })
       .def("mark_only_adapter_trainable", [](Model& mm) { mark_only_adapter_trainable(mm); })
-      .def("set_adapter_enabled", [](Model& mm, bool on) { set_adapter_enabled(mm, on); })
+      .def("set_adapter_enabled", [](Model& mm, bool on) { set_adapter_enabled(mm, on); }, py::arg("enabled"))
       .def("merge_adapter", [](Model& mm) { merge_adapter(mm); })
       .def("unmerge_adapter", [](Model& mm) { unmerge_adapter(mm); })
       .def("merge_and_unload", [](Model& mm) { merge_and_unload(mm); })
@@ -104,7 +104,8 @@ void bind_model(py::module_& m) {
              save_hf_directory(dir, mm.config(), model_tensors(mm), tok);
            }, py::arg("dir"), py::arg("tokenizer") = nullptr, release_gil());
 
-  m.def("read_adapter_config", [](const std::string& dir) { return lora_config_dict(read_adapter_config(dir)); });
+  m.def("read_adapter_config", [](const std::string& dir) { return lora_config_dict(read_adapter_config(dir)); },
+        py::arg("dir"));
 
   m.def("load", [](const std::string& path, const std::string& dtype, const std::string& marks,
                    const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge) {

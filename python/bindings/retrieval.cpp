@@ -73,10 +73,10 @@ void bind_retrieval(py::module_& m) {
              TitleFilter f = r.title_filter();
              for (const auto& t : titles) f.add(t);
              r.set_title_filter(std::move(f));
-           })
+           }, py::arg("titles"))
       .def("forbid_titles_file", [](Retriever& r, const std::string& path) {
              r.set_title_filter(TitleFilter::from_file(path));
-           });
+           }, py::arg("path"));
 
   m.def("open_index", [](const std::string& dir, const std::string& encoder_model, const std::string& forbidden) {
           RetrieverOptions o;

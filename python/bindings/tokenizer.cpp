@@ -11,9 +11,9 @@ void bind_tokenizer(py::module_& m) {
            py::arg("text"), py::arg("add_bos") = false, py::arg("add_eos") = false)
       .def("decode", [](const Tokenizer& t, const std::vector<int64_t>& ids) {
              return t.decode(std::vector<int32_t>(ids.begin(), ids.end()));
-           })
-      .def("id_to_piece", &Tokenizer::id_to_piece)
-      .def("piece_to_id", [](const Tokenizer& t, const std::string& p) { return t.piece_to_id(p); })
+           }, py::arg("ids"))
+      .def("id_to_piece", &Tokenizer::id_to_piece, py::arg("id"))
+      .def("piece_to_id", [](const Tokenizer& t, const std::string& p) { return t.piece_to_id(p); }, py::arg("piece"))
       .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
       .def_property_readonly("bos_id", &Tokenizer::bos_id)
       .def_property_readonly("eos_id", &Tokenizer::eos_id);

@@ -441,3 +441,21 @@ def test_atomic_directory_from_python(tmp_path):
     write_text_atomic(tmp_path / "h.json", "[1]\n")
     assert (tmp_path / "h.json").read_text() == "[1]\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "h.json", "home"]  # no staging left behind
+
+
+def test_type_stub_matches_the_extension():
+    """py.typed promises types: _C.pyi (scripts/make_stub.py) must list what the extension defines."""
+    import ast
+    from pathlib import Path
+
+    stub = ast.parse((Path(flashback.__file__).parent / "_C.pyi").read_text())
+    top = {n.name: n for n in stub.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    assert set(top) == {n for n in dir(flashback._C) if not n.startswith("_")}
+    assert (Path(flashback.__file__).parent / "py.typed").exists()
+    for name, node in top.items():
+        if not isinstance(node, ast.ClassDef):
+            continue
+        declared = {n.name for n in node.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+        declared |= {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+        defined = {k for k in vars(getattr(flashback._C, name)) if not k.startswith("_")}
+        assert declared == defined, name
