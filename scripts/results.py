@@ -90,10 +90,9 @@ def main() -> int:
                                 ("none + LoRA (control)", "none", False)):
         torch.manual_seed(0)
         model = LlamaForCausalLM.from_pretrained(model_path, marks="add")
-        dc = DataConfig(layout="append" if layout == "none" else layout, marks=marks, seed=0)
-        ret = None if layout == "none" else retriever
-        train = build_examples(train_stream, tok, ret, dc, mark_left=model.mark_left if marks else None)
-        evals = build_examples(eval_stream, tok, ret, dc, mark_left=model.mark_left if marks else None, limit=64)
+        dc = DataConfig(layout=layout, marks=marks, seed=0)
+        train = build_examples(train_stream, tok, retriever, dc, mark_left=model.mark_left)
+        evals = build_examples(eval_stream, tok, retriever, dc, mark_left=model.mark_left, limit=64)
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                           trainable_token_indices=list(model.marks) if marks else [])
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.steps // 20,

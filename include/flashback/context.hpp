@@ -153,7 +153,7 @@ class ContextBase {
   }
 
   ContextMode mode() const { return options_.mode; }
-  bool retrieves() const { return options_.mode != ContextMode::None; }
+  bool retrieves() const { return options_.retrieves(); }
   const ContextOptions& options() const { return options_; }
   const MarkingToken& marks() const { return marks_; }
   Model& model() const { return *model_; }

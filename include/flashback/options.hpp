@@ -79,6 +79,8 @@ struct ContextOptions {
   int64_t stride = 16;
   double window_keep = 0.5;
 
+  bool retrieves() const { return mode != ContextMode::None; }
+
   static ContextOptions resolve(ContextMode mode, const RalmOptions& o, int64_t max_positions) {
     o.validate();
     ContextOptions c;

@@ -52,7 +52,12 @@ void bind_options(py::module_& m) {
       .def_readonly("kv_reuse", &ContextOptions::kv_reuse)
       .def_readonly("max_length", &ContextOptions::max_length)
       .def_readonly("stride", &ContextOptions::stride)
-      .def_readonly("window_keep", &ContextOptions::window_keep);
+      .def_readonly("window_keep", &ContextOptions::window_keep)
+      .def_property_readonly("retrieves", &ContextOptions::retrieves);
+  m.def("resolve_options", [](const std::string& mode, const RalmOptions& o, int64_t max_positions) {
+          return ContextOptions::resolve(parse_context_mode(mode), o, max_positions);
+        }, py::arg("mode"), py::arg("options"), py::arg("max_positions") = kDefaultMaxLength,
+        "what a context of `mode` runs with (mode none: no marks, no retrieval; max_length resolved)");
 }
 
 }  // namespace flashback::python

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 import torch
-__all__: list[str] = ['Context', 'ContextOptions', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'evaluate', 'generate', 'load', 'open_index', 'read_adapter_config', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
+__all__: list[str] = ['Context', 'ContextOptions', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'evaluate', 'generate', 'load', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
 class FlashbackError(RuntimeError):
     pass
 class FormatError(FlashbackError, ValueError):
@@ -150,6 +150,9 @@ class ContextOptions:
         ...
     @property
     def mode(self) -> str:
+        ...
+    @property
+    def retrieves(self) -> bool:
         ...
     @property
     def stride(self) -> int:
@@ -355,6 +358,10 @@ def open_index(dir: str, encoder_model: str = '', forbidden_titles: str = '') ->
     ...
 def read_adapter_config(dir: str) -> dict:
     ...
+def resolve_options(mode: str, options: RalmOptions, max_positions: int = 512) -> ContextOptions:
+    """
+    what a context of `mode` runs with (mode none: no marks, no retrieval; max_length resolved)
+    """
 def set_num_threads(n: int = 0) -> int:
     """
     intra-op threads (0 = FLASHBACK_THREADS or all cores)

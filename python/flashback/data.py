@@ -43,10 +43,18 @@ class DataConfig:
         for name in ("stride", "target_tokens", "query_tokens", "doc_tokens", "max_length", "min_context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        block = 0 if self.layout == "none" else self.doc_tokens + (2 if self.marks else 0)
-        if 1 + self.min_context + block + self.target_tokens > self.max_length:
-            raise ValueError(f"max_length {self.max_length} leaves no room for BOS + {self.min_context} context "
-                             f"tokens + a {block}-token document block + {self.target_tokens} targets")
+
+    def ralm_options(self) -> "_C.RalmOptions":
+        """The inference options these examples mirror (top-1 retrieval)."""
+        o = _C.RalmOptions()
+        o.marks, o.query_tokens, o.doc_tokens, o.k = self.marks, self.query_tokens, self.doc_tokens, 1
+        o.stride, o.max_length = self.stride, self.max_length
+        return o
+
+    def context_options(self) -> "_C.ContextOptions":
+        """What the inference context of this layout runs with (the C++ rules: no marks and no retrieval
+        in mode none)."""
+        return _C.resolve_options(self.layout, self.ralm_options(), self.max_length)
 
 
 @dataclass
@@ -66,10 +74,18 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     None: no document); mark_left: the <MARK_L> id (needed when config.marks); limit: at most this many
     examples, evenly spread over the text. Raises ValueError when the text yields no example."""
     config.validate()
-    marks = config.marks and config.layout != "none"
-    if marks and (mark_left is None or mark_left < 0):
+    resolved = config.context_options()
+    if resolved.marks and (mark_left is None or mark_left < 0):
         raise ValueError("config.marks needs the model's marking tokens (mark_left)")
+    mark = mark_left if resolved.marks else -1
     bos = tokenizer.bos_id if bos_id is None else bos_id
+    # The largest example (the longest document, the fewest context tokens) must fit max_length.
+    largest = _C.training_layout(config.layout, [bos] * (1 + config.min_context), [[0] * config.doc_tokens],
+                                 [0] * config.target_tokens, mark, bos)[0]
+    if len(largest) > config.max_length:
+        raise ValueError(f"max_length {config.max_length} leaves no room for BOS + {config.min_context} context "
+                         f"tokens + a {config.doc_tokens}-token document (with its marks) + {config.target_tokens} "
+                         f"targets")
     stream = [int(t) for t in stream]
     first = max(config.query_tokens, config.min_context)
     starts = list(range(first, len(stream) - config.target_tokens + 1, config.stride))
@@ -79,12 +95,9 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     if limit is not None and limit < len(starts):
         step = len(starts) / limit
         starts = [starts[int(i * step)] for i in range(limit)]
-    options = _C.RalmOptions()
-    options.query_tokens, options.doc_tokens, options.k = config.query_tokens, config.doc_tokens, 1
     source = None
-    if retriever is not None and config.layout != "none":
-        source = _C.RetrievedDocuments(retriever, tokenizer, options)
-    mark = mark_left if marks else -1
+    if retriever is not None and resolved.retrieves:
+        source = _C.RetrievedDocuments(retriever, tokenizer, config.ralm_options())
     rng = random.Random(config.seed)
     out: List[Example] = []
     for n, p in enumerate(starts):

@@ -64,6 +64,11 @@ def test_examples_follow_the_paper(data):
     assert all(e.input_ids[1] == 512 for e in pre)
     nomarks = examples(data, m, marks=False)
     assert all(512 not in e.input_ids and 513 not in e.input_ids for e in nomarks)
+    # the no-retrieval control: no document and no marks, though marks are asked for (the C++ rule)
+    none = examples(data, m, layout="none")
+    assert all(e.document == "" and 512 not in e.input_ids for e in none) and len(none) == len(ex)
+    with pytest.raises(ValueError, match="leaves no room"):
+        examples(data, m, doc_tokens=250)
     # an empty training set: a clear error, not a crash
     with pytest.raises(ValueError, match="no training examples"):
         build_examples(m.tokenizer.encode("Too short.", False, False), m.tokenizer, None, DataConfig(),
