@@ -265,32 +265,29 @@ class ContextBase {
   ContextStats stats_;
 };
 
+// A context of one mode: the three names below. ContextBase does the work;
+// the mode picks the layout (layout.hpp).
+template <class Model, ContextMode Mode>
+class ModeContext : public ContextBase<Model> {
+ public:
+  ModeContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
+      : ContextBase<Model>(Mode, model, cache, marks, options) {}
+};
+
 // FlashBack: [input][block][recent]. The input's cache survives retrievals:
 // a place() re-encodes from the old input's end (recent + new block).
 template <class Model>
-class AppendingContext : public ContextBase<Model> {
- public:
-  AppendingContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
-      : ContextBase<Model>(ContextMode::Append, model, cache, marks, options) {}
-};
+using AppendingContext = ModeContext<Model, ContextMode::Append>;
 
 // In-Context RALM: [BOS][block][rest of the input][recent]. A new block moves
 // every later position, so each place() recomputes everything.
 template <class Model>
-class PrependingContext : public ContextBase<Model> {
- public:
-  PrependingContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
-      : ContextBase<Model>(ContextMode::Prepend, model, cache, marks, options) {}
-};
+using PrependingContext = ModeContext<Model, ContextMode::Prepend>;
 
 // No retrieval: [input][recent]; place() ignores documents and only encodes
 // what is new.
 template <class Model>
-class NoRetrievalContext : public ContextBase<Model> {
- public:
-  NoRetrievalContext(Model& model, KVCacheStore& cache, MarkingToken marks, const RalmOptions& options)
-      : ContextBase<Model>(ContextMode::None, model, cache, marks, options) {}
-};
+using NoRetrievalContext = ModeContext<Model, ContextMode::None>;
 
 // The context of `mode` over `cache` (the one place a mode becomes a class).
 template <class Model>

@@ -3,6 +3,7 @@
 #include "flashback/checkpoint.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/lora.hpp"
+#include "flashback/marking_token.hpp"
 #include "flashback/peft.hpp"
 #include "flashback/pretrained.hpp"
 
@@ -106,6 +107,15 @@ void bind_model(py::module_& m) {
 
   m.def("read_adapter_config", [](const std::string& dir) { return lora_config_dict(read_adapter_config(dir)); },
         py::arg("dir"));
+  m.def("default_lora_config", [] { return lora_config_dict(LoraConfig{}); }, "the paper's LoRA: r 16, alpha 32, ...");
+  m.def("lora_target_names", &lora_target_names, "the projections LoRA may adapt, in canonical order");
+
+  py::class_<MarkingToken>(m, "MarkingToken", "<MARK_L>, <MARK_R>: the last two rows of a vocabulary")
+      .def(py::init<int64_t>(), py::arg("vocab_size"))
+      .def_property_readonly("left", &MarkingToken::left)
+      .def_property_readonly("right", &MarkingToken::right)
+      .def("strip", &MarkingToken::strip, py::arg("logits"), "logits [..., V] -> [..., V - 2]: the marks out")
+      .def("wrap", &MarkingToken::wrap, py::arg("docs"), "<MARK_L> docs... <MARK_R>");
 
   m.def("load", [](const std::string& path, const std::string& dtype, const std::string& marks,
                    const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge) {

@@ -14,6 +14,7 @@ void field(py::class_<T>& c, const char* name, Field T::*member) {
 }  // namespace
 
 void bind_options(py::module_& m) {
+  m.attr("DEFAULT_MAX_LENGTH") = kDefaultMaxLength;
   py::class_<RalmOptions> ro(m, "RalmOptions",
                              "Retrieval-augmented generation and evaluation options (the paper's defaults).");
   ro.def(py::init<>());

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 import torch
-__all__: list[str] = ['Context', 'ContextOptions', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'evaluate', 'generate', 'load', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
+__all__: list[str] = ['Context', 'ContextOptions', 'DEFAULT_MAX_LENGTH', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'MarkingToken', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'default_lora_config', 'evaluate', 'generate', 'load', 'lora_target_names', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
 class FlashbackError(RuntimeError):
     pass
 class FormatError(FlashbackError, ValueError):
@@ -255,6 +255,26 @@ class Model:
     @property
     def training(self) -> bool:
         ...
+class MarkingToken:
+    """
+    <MARK_L>, <MARK_R>: the last two rows of a vocabulary
+    """
+    def __init__(self, vocab_size: int) -> None:
+        ...
+    def strip(self, logits: torch.Tensor) -> torch.Tensor:
+        """
+        logits [..., V] -> [..., V - 2]: the marks out
+        """
+    def wrap(self, docs: list[list[int]]) -> list[int]:
+        """
+        <MARK_L> docs... <MARK_R>
+        """
+    @property
+    def left(self) -> int:
+        ...
+    @property
+    def right(self) -> int:
+        ...
 class Retriever:
     def __init__(self) -> None:
         ...
@@ -342,6 +362,10 @@ def cpu_has_avx2_fma() -> bool:
     """
     whether the AVX2 decode kernels can run on this CPU
     """
+def default_lora_config() -> dict:
+    """
+    the paper's LoRA: r 16, alpha 32, ...
+    """
 def evaluate(context: Context, documents: DocumentSource, ids: list[int], progress: typing.Callable[[int, int], None] = None) -> typing.Any:
     """
     retrieval-augmented perplexity: {ppl, nll (mean), nll_sum, tokens, stats}
@@ -353,6 +377,10 @@ def generate(context: Context, documents: DocumentSource, prompt: list[int], opt
 def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False) -> tuple:
     """
     (Model, Tokenizer or None, index of <MARK_L> or -1); marks: 'add', 'find' or 'none'
+    """
+def lora_target_names() -> list[str]:
+    """
+    the projections LoRA may adapt, in canonical order
     """
 def open_index(dir: str, encoder_model: str = '', forbidden_titles: str = '') -> Retriever:
     ...
@@ -376,3 +404,4 @@ def write_file_atomic(path: str, data: bytes) -> None:
     """
     writes `data` to `path` atomically (temporary file, fsync, rename)
     """
+DEFAULT_MAX_LENGTH: int = 512

@@ -25,16 +25,19 @@ from . import _C
 from .loss import IGNORE_INDEX
 
 
+_RALM = _C.RalmOptions()  # the inference defaults (options.hpp): the examples mirror them
+
+
 @dataclass
 class DataConfig:
-    layout: str = "append"      # "append" (FlashBack), "prepend" (In-Context RALM) or "none" (no documents)
-    marks: bool = True          # bracket the document with <MARK_L> ... <MARK_R>
-    stride: int = 16            # a target block every `stride` tokens
-    target_tokens: int = 16     # s: tokens scored per example
-    query_tokens: int = 32      # the query is the last 32 tokens before the block
-    doc_tokens: int = 128       # the document is cut to 128 tokens
-    max_length: int = 512       # BOS + context + document block + target
-    min_context: int = 1        # at least this many context tokens
+    layout: str = "append"                   # "append" (FlashBack), "prepend" (In-Context RALM), "none" (no documents)
+    marks: bool = _RALM.marks                # bracket the document with <MARK_L> ... <MARK_R>
+    stride: int = _RALM.stride               # a target block every `stride` tokens (16)
+    target_tokens: int = _RALM.stride        # s: tokens scored per example, one stride (16)
+    query_tokens: int = _RALM.query_tokens   # the query is the last 32 tokens before the block
+    doc_tokens: int = _RALM.doc_tokens       # the document is cut to 128 tokens
+    max_length: int = _C.DEFAULT_MAX_LENGTH  # BOS + context + document block + target (512)
+    min_context: int = 1                     # at least this many context tokens
     seed: int = 0
 
     def validate(self) -> None:

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import _C
+
 IGNORE_INDEX = -100
 
 
@@ -23,9 +25,13 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, mark_left: Optional[
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
     if mark_left is not None and mark_left >= 0:
-        if bool((targets >= mark_left).any()):
+        marks = _C.MarkingToken(logits.shape[-1])  # the marks are the vocabulary's last two
+        if marks.left != mark_left:
+            raise ValueError(f"<MARK_L> is {mark_left} but the last two of {logits.shape[-1]} logits are "
+                             f"{marks.left} and {marks.right}")
+        if bool((targets >= marks.left).any()):
             raise ValueError("a label is a marking token: marks are never targets")
-        logits = logits[..., :mark_left]
+        logits = marks.strip(logits)  # the C++ rule, differentiable
     v = logits.shape[-1]
     return F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction=reduction)

@@ -24,20 +24,21 @@ from .loss import IGNORE_INDEX, causal_lm_loss, token_loss
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = tuple(_C.lora_target_names())
+_LORA = _C.default_lora_config()  # the C++ LoraConfig's defaults: the paper's
 
 
 @dataclass
 class LoraConfig:
     """PEFT's LoraConfig fields flashback uses. Defaults are the paper's (r=16,
-    alpha=32, dropout 0.05 on the attention projections).
+    alpha=32, dropout 0.05 on the attention projections), the C++ LoraConfig's.
     `trainable_token_indices=None` means: the two marking tokens when the model
     has them (what FlashBack trains), else none."""
 
-    r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: int = _LORA["r"]
+    lora_alpha: float = _LORA["lora_alpha"]
+    lora_dropout: float = _LORA["lora_dropout"]
+    target_modules: Sequence[str] = tuple(_LORA["target_modules"])
     trainable_token_indices: Optional[Sequence[int]] = None
 
     @property
@@ -210,7 +211,10 @@ class LlamaForCausalLM(nn.Module):
     @property
     def marks(self) -> Optional[Tuple[int, int]]:
         """(<MARK_L>, <MARK_R>) ids, or None when the model has no marks."""
-        return (self.mark_left, self.mark_left + 1) if self.mark_left >= 0 else None
+        if self.mark_left < 0:
+            return None
+        m = _C.MarkingToken(self.vocab_size)
+        return (m.left, m.right)
 
     def get_parameter(self, target: str) -> nn.Parameter:  # names hold dots: a flat lookup
         try:

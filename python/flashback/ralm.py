@@ -123,19 +123,24 @@ def documents(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"],
 
 
 def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], prompt: Union[str, Sequence[int]],
-             max_new_tokens: int, *, mode: str = "append", temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
-             options: Optional["_C.RalmOptions"] = None, **kwargs) -> Tuple[List[int], Dict]:
+             max_new_tokens: int, *, mode: str = "append", temperature: Optional[float] = None,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+             stop_at_eos: Optional[bool] = None, options: Optional["_C.RalmOptions"] = None,
+             **kwargs) -> Tuple[List[int], Dict]:
     """RALM generation in the C++ loop (the one `flashback ralm` runs): retrieves every `stride` tokens
-    (query = the last `query_tokens` tokens), places the top-k documents by `mode`, samples (greedy at
-    temperature 0). Other keywords are RalmOptions fields. Returns (generated ids, stats)."""
+    (query = the last `query_tokens` tokens), places the top-k documents by `mode`, samples. Unset sampling
+    arguments keep the C++ defaults (SamplingOptions: greedy; GenerateOptions: stop at EOS), as the CLI's
+    flags do. Other keywords are RalmOptions fields. Returns (generated ids, stats)."""
     o = ralm_options(options, **kwargs)
     ctx = Context(model, mode, o)
     g = _C.GenerateOptions()
     g.max_new_tokens = int(max_new_tokens)
-    g.stop_at_eos = bool(stop_at_eos)
-    s = _C.SamplingOptions()
-    s.temperature, s.top_k, s.top_p, s.seed = float(temperature), int(top_k), float(top_p), int(seed)
+    if stop_at_eos is not None:
+        g.stop_at_eos = bool(stop_at_eos)
+    s = g.sampling
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+        if value is not None:
+            setattr(s, name, value)
     s.validate()
     g.sampling = s
     with _eval_mode(model):

@@ -35,7 +35,7 @@ using bench::median;
 using bench::since;
 
 struct BenchRalmArgs {
-  std::string config = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
+  std::string config = bench::kDefaultConfig;
   std::string dtype = "fp32";
   std::string modes = "append,prepend";
   int64_t init = 1536, total = 2048, stride = 16, doc = 128;

@@ -43,6 +43,10 @@ inline int64_t peak_rss_bytes() {
   return int64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+// The model the benchmarks measure by default: a 134M Llama (GPT-2 small's
+// shape with Llama-2's vocabulary), the scale of the paper's speed test.
+inline constexpr const char* kDefaultConfig = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
+
 // A model of the config spec (config.hpp's from_spec) with random weights
 // (HF's init), in eval mode, able to hold at least `positions` positions.
 inline LlamaForCausalLM random_model(const std::string& spec, const std::string& dtype, uint64_t seed,

@@ -37,7 +37,7 @@ using bench::median;
 using bench::since;
 
 struct BenchModelArgs {
-  std::string config = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
+  std::string config = bench::kDefaultConfig;
   std::string dtype = "fp32";
   int64_t tokens = 0;  // prefill length / decode steps (defaults per command)
   int64_t context = 512;
