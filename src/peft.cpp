@@ -34,15 +34,7 @@ std::string shape_str(at::IntArrayRef s) {
 
 }  // namespace
 
-void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model) {
-  const LoraConfig c = lora_config(model);
-  std::map<std::string, at::Tensor> tensors;
-  for (auto& [name, lora] : lora_layers(model)) {
-    tensors[kPrefix + name + ".lora_A.weight"] = lora->lora_A->weight;  // [r, in]
-    tensors[kPrefix + name + ".lora_B.weight"] = lora->lora_B->weight;  // [out, r]
-  }
-  if (TokenRowsImpl* rows = token_rows(model)) tensors[kTokenKey] = rows->trainable_tokens_delta;  // [K, C]
-
+std::string adapter_config_json(const LoraConfig& c, const std::string& base_model) {
   nlohmann::ordered_json j;
   j["peft_type"] = "LORA";
   j["task_type"] = "CAUSAL_LM";
@@ -65,10 +57,22 @@ void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, con
   j["rank_pattern"] = nlohmann::ordered_json::object();
   j["alpha_pattern"] = nlohmann::ordered_json::object();
   j["revision"] = nullptr;
+  return j.dump(2) + "\n";
+}
 
+void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model) {
+  const LoraConfig c = lora_config(model);
+  std::map<std::string, at::Tensor> tensors;
+  for (auto& [name, lora] : lora_layers(model)) {
+    tensors[kPrefix + name + ".lora_A.weight"] = lora->lora_A->weight;  // [r, in]
+    tensors[kPrefix + name + ".lora_B.weight"] = lora->lora_B->weight;  // [out, r]
+  }
+  if (TokenRowsImpl* rows = token_rows(model)) tensors[kTokenKey] = rows->trainable_tokens_delta;  // [K, C]
+
+  const std::string config = adapter_config_json(c, base_model);
   write_directory_atomic(dir, kConfigFile, "a PEFT adapter", [&](const std::string& tmp) {
     save_safetensors(tmp + "/" + kWeightsFile, tensors, {{"format", "pt"}});
-    write_file_atomic(tmp + "/" + kConfigFile, j.dump(2) + "\n");
+    write_file_atomic(tmp + "/" + kConfigFile, config);
   });
 }
 

@@ -23,6 +23,13 @@ nlohmann::ordered_json stats_object(const ContextStats& s) {
 
 std::string to_json(const ContextStats& stats) { return stats_object(stats).dump(); }
 
+std::string to_json(const std::vector<Passage>& passages) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const Passage& p : passages)
+    list.push_back({{"id", p.id}, {"title", p.title}, {"text", p.text}, {"score", p.score}, {"document", p.document()}});
+  return list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string to_json(const EvalResult& r) {
   nlohmann::ordered_json j;
   j["ppl"] = r.ppl();

@@ -15,6 +15,8 @@ namespace flashback {
 // Writes the model's adapter as a whole (io/atomic_dir.hpp): a reader sees
 // the old adapter or the new one.
 void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model = "");
+// adapter_config.json's text for `config` (PEFT's LoraConfig fields).
+std::string adapter_config_json(const LoraConfig& config, const std::string& base_model = "");
 // Reads `dir`/adapter_config.json (FormatError naming the file when it is not
 // a LoRA adapter flashback can apply).
 LoraConfig read_adapter_config(const std::string& dir);

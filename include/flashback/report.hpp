@@ -6,6 +6,7 @@
 
 #include "flashback/context.hpp"
 #include "flashback/evaluate.hpp"
+#include "flashback/retrieval/retriever.hpp"
 
 namespace flashback {
 
@@ -16,5 +17,9 @@ std::string to_json(const ContextStats& stats);
 
 // {"ppl", "nll" (mean per scored token, nats), "nll_sum", "tokens", "stats"}
 std::string to_json(const EvalResult& result);
+
+// [{"id", "title", "text", "score", "document"}, ...], best first (invalid
+// UTF-8 replaced).
+std::string to_json(const std::vector<Passage>& passages);
 
 }  // namespace flashback

@@ -13,15 +13,8 @@ namespace {
 using Model = LlamaForCausalLMImpl;
 using ModelPtr = std::shared_ptr<Model>;
 
-py::dict lora_config_dict(const LoraConfig& c) {
-  py::dict d;
-  d["r"] = c.r;
-  d["lora_alpha"] = c.alpha;
-  d["lora_dropout"] = c.dropout;
-  d["target_modules"] = c.target_modules;
-  d["trainable_token_indices"] = c.trainable_token_indices;
-  return d;
-}
+// PEFT's adapter_config.json fields, as the adapter files write them.
+py::object lora_config_dict(const LoraConfig& c) { return from_json(adapter_config_json(c)); }
 
 std::string dtype_name(at::ScalarType t) {
   return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : "float16";

@@ -4,21 +4,12 @@
 #include "bindings.hpp"
 #include "flashback/error.hpp"
 #include "flashback/retrieval/corpus.hpp"
+#include "flashback/report.hpp"
 #include "flashback/retrieval/index.hpp"
 
 namespace flashback::python {
 
 namespace {
-
-py::dict passage_dict(const Passage& p) {
-  py::dict d;
-  d["id"] = p.id;
-  d["title"] = p.title;
-  d["text"] = p.text;
-  d["score"] = p.score;
-  d["document"] = p.document();
-  return d;
-}
 
 // {"text", optional "title", "id", "score"} -> Passage.
 Passage passage_from(const py::handle& item) {
@@ -63,9 +54,7 @@ void bind_retrieval(py::module_& m) {
                py::gil_scoped_release nogil;
                ps = r.retrieve(q, k);
              }
-             py::list out;
-             for (const auto& p : ps) out.append(passage_dict(p));
-             return out;
+             return from_json(to_json(ps));
            }, py::arg("query"), py::arg("k") = 1,
            "the best k passages, best first: dicts {id, title, text, score, document}")
       .def("size", &Retriever::size)

@@ -194,7 +194,7 @@ class Model:
     @staticmethod
     def random(config_json: str, seed: int = 0, dtype: str = 'float32') -> Model:
         ...
-    def adapter_config(self) -> dict:
+    def adapter_config(self) -> typing.Any:
         ...
     def add_lora(self, r: int, alpha: float, dropout: float, target_modules: list[str], trainable_token_indices: list[int]) -> None:
         ...
@@ -282,7 +282,7 @@ class Retriever:
         ...
     def forbid_titles_file(self, path: str) -> None:
         ...
-    def retrieve(self, query: str, k: int = 1) -> list:
+    def retrieve(self, query: str, k: int = 1) -> typing.Any:
         """
         the best k passages, best first: dicts {id, title, text, score, document}
         """
@@ -362,7 +362,7 @@ def cpu_has_avx2_fma() -> bool:
     """
     whether the AVX2 decode kernels can run on this CPU
     """
-def default_lora_config() -> dict:
+def default_lora_config() -> typing.Any:
     """
     the paper's LoRA: r 16, alpha 32, ...
     """
@@ -384,7 +384,7 @@ def lora_target_names() -> list[str]:
     """
 def open_index(dir: str, encoder_model: str = '', forbidden_titles: str = '') -> Retriever:
     ...
-def read_adapter_config(dir: str) -> dict:
+def read_adapter_config(dir: str) -> typing.Any:
     ...
 def resolve_options(mode: str, options: RalmOptions, max_positions: int = 512) -> ContextOptions:
     """

@@ -48,9 +48,14 @@ class LoraConfig:
 
 def read_adapter_config(path: Union[str, Path]) -> LoraConfig:
     """The LoraConfig saved in a PEFT adapter directory (validated by the C++ reader)."""
-    d = _C.read_adapter_config(str(path))
+    return _lora_config(_C.read_adapter_config(str(path)))
+
+
+def _lora_config(d: Dict[str, Any]) -> "LoraConfig":
+    """A LoraConfig from adapter_config.json's fields (PEFT writes null for no token rows)."""
     return LoraConfig(r=d["r"], lora_alpha=d["lora_alpha"], lora_dropout=d["lora_dropout"],
-                      target_modules=tuple(d["target_modules"]), trainable_token_indices=d["trainable_token_indices"])
+                      target_modules=tuple(d["target_modules"]),
+                      trainable_token_indices=list(d["trainable_token_indices"] or []))
 
 
 class LlamaConfig:
@@ -334,9 +339,7 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def adapter_config(self) -> LoraConfig:
-        d = self._core.adapter_config()
-        return LoraConfig(d["r"], d["lora_alpha"], d["lora_dropout"], tuple(d["target_modules"]),
-                          list(d["trainable_token_indices"]))
+        return _lora_config(self._core.adapter_config())
 
     def mark_only_adapter_trainable(self) -> None:
         """requires_grad only on LoRA A/B and the token rows."""

@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "flashback/error.hpp"
+#include "flashback/report.hpp"
 #include "flashback/retrieval/index.hpp"
 #include "flashback/runtime.hpp"
 
@@ -30,9 +31,7 @@ void run(const RetrieveArgs& a) {
   std::vector<Passage> found = retriever->retrieve(a.query, a.k);
 
   if (a.json) {
-    nlohmann::ordered_json list = nlohmann::ordered_json::array();
-    for (const Passage& p : found) list.push_back({{"title", p.title}, {"text", p.text}, {"score", p.score}});
-    std::cout << list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    std::cout << to_json(found) << "\n";
     return;
   }
   if (found.empty()) std::printf("(no passage matches)\n");
@@ -55,7 +54,7 @@ void add_retrieve(CLI::App& app) {
   cmd->add_option("--model,-m", a->model, "dense: the query encoder (default: the model recorded in the index)");
   cmd->add_option("--tokenizer,-t", a->tokenizer, "dense: the model's tokenizer (default: found with the model)");
   cmd->add_option("--threads", a->threads, "dense: intra-op threads (default: all cores)");
-  cmd->add_flag("--json", a->json, "print a JSON list of {title, text, score}, best first");
+  cmd->add_flag("--json", a->json, "print a JSON list of {id, title, text, score, document}, best first");
   cmd->callback([a] { run(*a); });
 }
 

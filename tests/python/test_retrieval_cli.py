@@ -42,7 +42,8 @@ def test_index_and_retrieve_bm25(tmp_path, corpus):
     got = retrieve_json(out, "when do the bells of the clock tower chime?")
     assert got[0]["title"] == "Clock tower"
     assert got[0]["text"] == ARTICLES[2][1]
-    assert all(set(g) == {"title", "text", "score"} for g in got)
+    assert all(set(g) == {"id", "title", "text", "score", "document"} for g in got)  # as Python's retrieve()
+    assert got[0]["document"] == "Clock tower\n" + got[0]["text"]
     scores = [g["score"] for g in got]
     assert scores == sorted(scores, reverse=True)
 
@@ -71,7 +72,8 @@ def test_wikitext_and_paragraph_corpora(tmp_path):
                     " \n = Beta = \n \n Beta follows alpha in the Greek alphabet . \n")
     run("index", "--corpus", wiki, "--format", "wikitext", "--tokenizer", LLAMA_TOK, "--out", tmp_path / "w")
     got = retrieve_json(tmp_path / "w", "Greek alphabet", "-k", "1")
-    assert got == [{"title": "Beta", "text": "Beta follows alpha in the Greek alphabet .", "score": got[0]["score"]}]
+    text = "Beta follows alpha in the Greek alphabet ."
+    assert got == [{"id": 1, "title": "Beta", "text": text, "score": got[0]["score"], "document": "Beta\n" + text}]
     assert "Use" not in retrieve_json(tmp_path / "w", "letter")[0]["text"]
 
     paras = tmp_path / "p.txt"
