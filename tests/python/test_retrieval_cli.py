@@ -80,7 +80,8 @@ def test_wikitext_and_paragraph_corpora(tmp_path):
     paras.write_text("The cat sat on the mat.\n\nThe dog ran in the park.\n")
     run("index", "--corpus", paras, "--format", "paragraphs", "--tokenizer", TOK512, "--out", tmp_path / "p")
     got = retrieve_json(tmp_path / "p", "dog park")
-    assert got[0] == {"title": "", "text": "The dog ran in the park.", "score": got[0]["score"]}
+    assert got[0] == {"id": 1, "title": "", "text": "The dog ran in the park.", "score": got[0]["score"],
+                      "document": "The dog ran in the park."}  # untitled: the text alone
 
 
 def test_dense_index_uses_the_recorded_model(tmp_path):
