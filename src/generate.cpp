@@ -18,6 +18,11 @@ GenerateResult generate(LlamaForCausalLMImpl& model, KVCacheStore& cache, const 
     throw InvalidArgument("prompt (" + std::to_string(prompt.size()) + " tokens) + " +
                           std::to_string(options.max_new_tokens) + " new tokens exceed the maximum of " +
                           std::to_string(limit) + " positions");
+  // The context keeps one position free after the prompt (the stride below):
+  // a prompt that fills every position would slide instead of generating.
+  if (static_cast<int64_t>(prompt.size()) >= limit && options.max_new_tokens > 0)
+    throw InvalidArgument("the prompt (" + std::to_string(prompt.size()) + " tokens) fills all " +
+                          std::to_string(limit) + " positions: no room to generate");
   // No retrieval ever comes, so the room kept for one (the stride) is one token.
   RalmOptions window;
   window.marks = false;

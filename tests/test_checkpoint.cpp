@@ -165,6 +165,10 @@ TEST_CASE("bad arguments to the model", "[model][bad]") {
   std::vector<int64_t> long_prompt(510, 5);
   CHECK_THROWS_WITH(generate(*m, cache, long_prompt, go), Contains("exceed the maximum of 512 positions"));
   CHECK_THROWS_AS(generate(*m, cache, {}, go), InvalidArgument);
+  go.max_new_tokens = 1;  // the last sampled token needs no slot, but the prompt must leave one free
+  CHECK_THROWS_WITH(generate(*m, cache, std::vector<int64_t>(512, 5), go), Contains("fills all 512 positions"));
+  CHECK(generate(*m, cache, std::vector<int64_t>(511, 5), go).ids.size() == 1);
+  go.max_new_tokens = 10;
   go.sampling.top_p = 0;
   CHECK_THROWS_AS(generate(*m, cache, {1}, go), InvalidArgument);
 }
