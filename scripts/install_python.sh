@@ -16,6 +16,8 @@ export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 export CXX=${CXX:-c++}
 pip=("$venv/bin/pip" install -q --no-index --find-links "$wheels")
 "${pip[@]}" "scikit-build-core>=0.10"
+# The tests' references, when scripts/setup.sh could cache them.
+if ls "$wheels"/gguf-*.whl >/dev/null 2>&1; then "${pip[@]}" gguf; fi
 editable=()
 [ "${1:-}" = "--editable" ] && editable=(-e)
 "${pip[@]}" --no-build-isolation --no-deps "${editable[@]}" "$root"

@@ -32,7 +32,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Python build's requirements, for offline installs (pip install --no-index).
-wheels=${FLASHBACK_CACHE:-$HOME/.cache/flashback}/wheels
+cache=${FLASHBACK_CACHE:-$HOME/.cache/flashback}
+wheels=$cache/wheels
 if ! ls "$wheels"/scikit_build_core-*.whl "$wheels"/pathspec-*.whl "$wheels"/packaging-*.whl >/dev/null 2>&1; then
   mkdir -p "$wheels"
   echo "setup: caching the Python build requirements in $wheels" >&2
@@ -40,4 +41,12 @@ if ! ls "$wheels"/scikit_build_core-*.whl "$wheels"/pathspec-*.whl "$wheels"/pac
     echo "setup: error: cannot download scikit-build-core from PyPI (offline?); put its wheels (and packaging's, pathspec's) in $wheels" >&2
     exit 1
   fi
+fi
+
+# Independent references the tests hold flashback to (PyPI's gguf package).
+# Optional: without them those tests are skipped, visibly.
+if ! ls "$wheels"/gguf-*.whl >/dev/null 2>&1; then
+  echo "setup: caching the test references (gguf) in $wheels" >&2
+  /usr/bin/python3 -m pip download -q --dest "$wheels" "gguf>=0.17" >&2 ||
+    echo "setup: warning: cannot download the gguf package (offline?): its reference tests will be skipped" >&2
 fi

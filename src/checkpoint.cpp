@@ -9,6 +9,7 @@
 
 #include "flashback/error.hpp"
 #include "flashback/strings.hpp"
+#include "flashback/formats/ggml_types.hpp"
 #include "flashback/formats/gguf.hpp"
 #include "flashback/formats/llama2c.hpp"
 #include "flashback/formats/mapped_file.hpp"
@@ -243,10 +244,24 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
   Checkpoint ck;
   ck.path = path;
   ck.format = "gguf";
+  bool quantized = false;
   for (const auto& info : g.infos) {
     std::string name = gguf_to_hf_name(info.name, path);
-    if (!ck.tensors.emplace(name, to_tensor(g.tensor(info))).second)
-      throw FormatError(path, "duplicate tensor '" + info.name + "'");
+    at::Tensor t;
+    if (ggml_type_dequantizable(info.ggml_type)) {
+      // Quantized: dequantized to fp32 here; load_model casts to the dtype asked for.
+      t = at::empty(info.shape, at::kFloat);
+      try {
+        dequantize(info.ggml_type, g.tensor_data(info), info.nbytes, t.numel(), t.data_ptr<float>(),
+                   "tensor '" + info.name + "'");
+      } catch (const InvalidArgument& e) {
+        throw FormatError(path, e.what());
+      }
+      quantized = true;
+    } else {
+      t = to_tensor(g.tensor(info));
+    }
+    if (!ck.tensors.emplace(name, t).second) throw FormatError(path, "duplicate tensor '" + info.name + "'");
   }
   LlamaConfig& c = ck.config;
   c.hidden_size = g.get_int("llama.embedding_length");
@@ -278,7 +293,7 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
   }
   auto q = ck.tensors.find("model.layers.0.self_attn.q_proj.weight");
   at::ScalarType wt = q != ck.tensors.end() ? q->second.scalar_type() : emb->second.scalar_type();
-  c.torch_dtype = wt == at::kHalf ? "float16" : wt == at::kBFloat16 ? "bfloat16" : "float32";
+  c.torch_dtype = quantized ? "float32" : wt == at::kHalf ? "float16" : wt == at::kBFloat16 ? "bfloat16" : "float32";
   c.validate(path);
   permute_qk(ck);
   return ck;

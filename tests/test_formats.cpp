@@ -165,18 +165,35 @@ TEST_CASE("GGUF: truncation, lies and damage are errors", "[gguf][bad]") {
   magic[0] = 'X';
   CHECK_THROWS_WITH(read_gguf(write("magic.gguf", magic)), Contains("bad magic"));
 
-  // A quantized tensor parses but is refused when its data is asked for.
-  std::string q = good;
-  const std::string name = "token_embd.weight";
-  size_t at = q.find(name);
-  REQUIRE(at != std::string::npos);
-  // name, n_dims (u32), 2 dims (u64 each), then the type: make it Q8_0 (8).
-  // 512 x 64 Q8_0 needs fewer bytes than F32, so the span stays inside the file.
-  uint32_t q8 = 8;
-  std::memcpy(q.data() + at + name.size() + 4 + 16, &q8, 4);
-  GgufFile g = read_gguf(write("q.gguf", q));
+  // Retyping a tensor: name, n_dims (u32), 2 dims (u64 each), then the type.
+  // 512 x 64 quantized needs fewer bytes than F32, so the span stays inside the file.
+  auto retyped = [&](uint32_t type) {
+    std::string q = good;
+    const std::string name = "token_embd.weight";
+    size_t at = q.find(name);
+    REQUIRE(at != std::string::npos);
+    std::memcpy(q.data() + at + name.size() + 4 + 16, &type, 4);
+    return read_gguf(write("q.gguf", q));
+  };
+  // Q8_0 is read through dequantize(), not as raw fp data.
+  GgufFile g = retyped(8);
   CHECK(ggml_type_name(g.infos[0].ggml_type) == "Q8_0");
-  CHECK_THROWS_WITH(g.tensor(g.infos[0]), Contains("type Q8_0; only F32, F16 and BF16"));
+  CHECK(g.infos[0].nbytes == 512 * 64 / 32 * 34);
+  CHECK_THROWS_WITH(g.tensor(g.infos[0]), Contains("type Q8_0, quantized: read it with dequantize()"));
+  std::vector<float> out(512 * 64);
+  CHECK_NOTHROW(dequantize(8, g.tensor_data(g.infos[0]), g.infos[0].nbytes, 512 * 64, out.data(), "t"));
+  CHECK_THROWS_WITH(dequantize(8, g.tensor_data(g.infos[0]), g.infos[0].nbytes - 1, 512 * 64, out.data(), "t"),
+                    Contains("t: 34815 bytes for 1024 Q8_0 blocks of 34 bytes"));
+  CHECK_THROWS_WITH(dequantize(8, g.tensor_data(g.infos[0]), 34, 31, out.data(), "t"),
+                    Contains("31 values are not whole Q8_0 blocks of 32"));
+  // Q8_1 (activations only) and Q8_K parse but are refused by name.
+  GgufFile q81 = retyped(9);
+  CHECK_THROWS_WITH(q81.tensor(q81.infos[0]), Contains("type Q8_1; supported: F32, F16, BF16, Q4_0"));
+  CHECK_THROWS_WITH(dequantize(9, q81.tensor_data(q81.infos[0]), q81.infos[0].nbytes, 512 * 64, out.data(), "t"),
+                    Contains("t: ggml type Q8_1 cannot be dequantized"));
+  // An unknown type id, and a row that is not whole blocks (64 values of Q4_K's 256).
+  CHECK_THROWS_WITH(retyped(77), Contains("tensor 'token_embd.weight': unknown ggml type 77"));
+  CHECK_THROWS_WITH(retyped(12), Contains("row length 64 is not a multiple of the Q4_K block size 256"));
 
   std::mt19937 rng(99);
   for (int i = 0; i < 300; ++i) {

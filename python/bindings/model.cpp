@@ -2,6 +2,7 @@
 #include "bindings.hpp"
 #include "flashback/checkpoint.hpp"
 #include "flashback/dtype.hpp"
+#include "flashback/formats/ggml_types.hpp"
 #include "flashback/lora.hpp"
 #include "flashback/marking_token.hpp"
 #include "flashback/peft.hpp"
@@ -98,6 +99,14 @@ void bind_model(py::module_& m) {
              save_hf_directory(dir, mm.config(), model_tensors(mm), tok);
            }, py::arg("dir"), py::arg("tokenizer") = nullptr, release_gil());
 
+  m.def("dequantize", [](uint32_t ggml_type, const py::bytes& data, int64_t n) {
+          const std::string bytes = data;
+          at::Tensor out = at::empty({n}, at::kFloat);
+          dequantize(ggml_type, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), n, out.data_ptr<float>(),
+                     "dequantize");
+          return out;
+        }, py::arg("ggml_type"), py::arg("data"), py::arg("n"),
+        "n values of ggml type `ggml_type` (Q4_0 = 2, ... Q6_K = 14) from their blocks, as fp32 [n]");
   m.def("read_adapter_config", [](const std::string& dir) { return lora_config_dict(read_adapter_config(dir)); },
         py::arg("dir"));
   m.def("default_lora_config", [] { return lora_config_dict(LoraConfig{}); }, "the paper's LoRA: r 16, alpha 32, ...");

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 import torch
-__all__: list[str] = ['Context', 'ContextOptions', 'DEFAULT_MAX_LENGTH', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'MarkingToken', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'default_lora_config', 'evaluate', 'generate', 'load', 'lora_target_names', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
+__all__: list[str] = ['Context', 'ContextOptions', 'DEFAULT_MAX_LENGTH', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'MarkingToken', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'default_lora_config', 'dequantize', 'evaluate', 'generate', 'load', 'lora_target_names', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
 class FlashbackError(RuntimeError):
     pass
 class FormatError(FlashbackError, ValueError):
@@ -365,6 +365,10 @@ def cpu_has_avx2_fma() -> bool:
 def default_lora_config() -> typing.Any:
     """
     the paper's LoRA: r 16, alpha 32, ...
+    """
+def dequantize(ggml_type: int, data: bytes, n: int) -> torch.Tensor:
+    """
+    n values of ggml type `ggml_type` (Q4_0 = 2, ... Q6_K = 14) from their blocks, as fp32 [n]
     """
 def evaluate(context: Context, documents: DocumentSource, ids: list[int], progress: typing.Callable[[int, int], None] = None) -> typing.Any:
     """

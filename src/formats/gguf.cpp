@@ -5,32 +5,12 @@
 #include <cstring>
 
 #include "flashback/error.hpp"
+#include "flashback/formats/ggml_types.hpp"
 #include "flashback/formats/mapped_file.hpp"
 
 namespace flashback {
 
 namespace {
-
-// ggml tensor types: name, elements per block, bytes per block.
-struct GgmlType {
-  uint32_t id;
-  const char* name;
-  uint64_t block;
-  uint64_t bytes;
-};
-constexpr GgmlType kGgmlTypes[] = {
-    {0, "F32", 1, 4},       {1, "F16", 1, 2},       {2, "Q4_0", 32, 18},   {3, "Q4_1", 32, 20},
-    {6, "Q5_0", 32, 22},    {7, "Q5_1", 32, 24},    {8, "Q8_0", 32, 34},   {9, "Q8_1", 32, 36},
-    {10, "Q2_K", 256, 84},  {11, "Q3_K", 256, 110}, {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176},
-    {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {24, "I8", 1, 1},      {25, "I16", 1, 2},
-    {26, "I32", 1, 4},      {27, "I64", 1, 8},      {28, "F64", 1, 8},     {30, "BF16", 1, 2},
-};
-
-const GgmlType* find_type(uint32_t id) {
-  for (const auto& t : kGgmlTypes)
-    if (t.id == id) return &t;
-  return nullptr;
-}
 
 class Cursor {
  public:
@@ -119,11 +99,6 @@ GgufValue read_value(Cursor& c, uint32_t type, const std::string& key, int depth
 
 }  // namespace
 
-std::string ggml_type_name(uint32_t t) {
-  const GgmlType* g = find_type(t);
-  return g ? g->name : "type " + std::to_string(t);
-}
-
 GgufFile read_gguf(const std::string& path) {
   auto file = MappedFile::open(path);
   Cursor c(path, file->data(), file->size());
@@ -166,14 +141,17 @@ GgufFile read_gguf(const std::string& path) {
     t.shape.assign(ne.rbegin(), ne.rend());
     t.ggml_type = c.read<uint32_t>("tensor type");
     t.offset = c.read<uint64_t>("tensor offset");
-    const GgmlType* gt = find_type(t.ggml_type);
+    const GgmlType* gt = find_ggml_type(t.ggml_type);
     if (!gt) c.fail("tensor '" + t.name + "': unknown ggml type " + std::to_string(t.ggml_type));
     int64_t numel = checked_numel(t.shape);
     if (numel < 0) c.fail("tensor '" + t.name + "': shape overflows");
     if (ne[0] % int64_t(gt->block) != 0)
       c.fail("tensor '" + t.name + "': row length " + std::to_string(ne[0]) + " is not a multiple of the " + gt->name +
-             " block size");
-    t.nbytes = uint64_t(numel) / gt->block * gt->bytes;
+             " block size " + std::to_string(gt->block));
+    const uint64_t blocks = uint64_t(numel) / gt->block;
+    if (blocks > file->size() / gt->bytes)  // also keeps blocks * bytes from overflowing
+      c.fail("tensor '" + t.name + "': " + std::to_string(blocks) + " " + gt->name + " blocks cannot fit in the file");
+    t.nbytes = blocks * gt->bytes;
     if (t.offset % g.alignment != 0) c.fail("tensor '" + t.name + "': offset is not aligned");
     g.infos.push_back(std::move(t));
   }
@@ -241,7 +219,9 @@ RawTensor GgufFile::tensor(const GgufTensorInfo& info) const {
     case 30: t.dtype = DType::BF16; break;
     default:
       throw FormatError(path, "tensor '" + info.name + "' has ggml type " + ggml_type_name(info.ggml_type) +
-                                  "; only F32, F16 and BF16 tensors are supported (dequantize the model first)");
+                                  (ggml_type_dequantizable(info.ggml_type)
+                                       ? ", quantized: read it with dequantize()"
+                                       : "; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K"));
   }
   t.data = data + info.offset;
   t.nbytes = info.nbytes;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "flashback/formats/ggml_types.hpp"
 #include "flashback/formats/raw_tensor.hpp"
 
 namespace flashback {
@@ -54,6 +55,8 @@ struct GgufFile {
   std::string get_string(const std::string& key) const;
   // The tensor's bytes; FormatError unless its type is F32, F16 or BF16.
   RawTensor tensor(const GgufTensorInfo& info) const;
+  // The bytes of any tensor (quantized ones: dequantize(), ggml_types.hpp).
+  const uint8_t* tensor_data(const GgufTensorInfo& info) const { return data + info.offset; }
 };
 
 // Parses and validates the whole header: counts, string and array lengths,
@@ -61,7 +64,5 @@ struct GgufFile {
 // overlaps. FormatError(path, ...) on any violation.
 GgufFile read_gguf(const std::string& path);
 
-// "F32", "Q4_0", ...; "type N" for unknown ones.
-std::string ggml_type_name(uint32_t t);
 
 }  // namespace flashback
