@@ -17,7 +17,9 @@ export CXX=${CXX:-c++}
 pip=("$venv/bin/pip" install -q --no-index --find-links "$wheels")
 "${pip[@]}" "scikit-build-core>=0.10"
 # The tests' references, when scripts/setup.sh could cache them.
-if ls "$wheels"/gguf-*.whl >/dev/null 2>&1; then "${pip[@]}" gguf; fi
+for ref in gguf tokenizers; do
+  if ls "$wheels"/"$ref"-*.whl >/dev/null 2>&1; then "${pip[@]}" "$ref"; fi
+done
 editable=()
 [ "${1:-}" = "--editable" ] && editable=(-e)
 "${pip[@]}" --no-build-isolation --no-deps "${editable[@]}" "$root"

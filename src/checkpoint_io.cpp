@@ -98,11 +98,12 @@ Tokenizer load_tokenizer(const Checkpoint& ck, const std::string& tokenizer_path
   if (!tokenizer_path.empty()) {
     tok = Tokenizer::from_file(tokenizer_path);
   } else if (ck.format == "hf") {
-    const std::string p = ck.path + "/tokenizer.model";
-    if (!is_file(p)) throw FormatError(ck.path, "no tokenizer.model in the model directory: pass --tokenizer");
-    tok = Tokenizer::from_file(p);
-  } else if (ck.vocab) {
-    tok = Tokenizer(*ck.vocab, ck.path);
+    const std::string sp = ck.path + "/tokenizer.model", hf = ck.path + "/tokenizer.json";
+    if (is_file(sp)) tok = Tokenizer::from_file(sp);
+    else if (is_file(hf)) tok = Tokenizer::from_file(hf);
+    else throw FormatError(ck.path, "no tokenizer.model or tokenizer.json in the model directory: pass --tokenizer");
+  } else if (ck.tokenizer) {
+    tok = *ck.tokenizer;
   } else {
     auto slash = ck.path.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : ck.path.substr(0, slash);

@@ -24,7 +24,7 @@ struct Checkpoint {
   std::string format;  // "hf", "llama2c", "gguf"
   LlamaConfig config;
   std::map<std::string, at::Tensor> tensors;  // HF names, CPU, the file's dtype (may alias the mapped file)
-  std::optional<SentencePieceModel> vocab;    // a vocabulary embedded in the file (GGUF)
+  std::optional<Tokenizer> tokenizer;         // a tokenizer embedded in the file (GGUF)
 };
 
 // Detects the format from the path (directory, or the file's magic bytes).
@@ -62,9 +62,10 @@ void save_hf_directory(const std::string& dir, const LlamaConfig& config,
                        const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer);
 
 // The tokenizer that goes with a model: `tokenizer_path` when given, else a
-// tokenizer.model in the model directory, the vocabulary embedded in a GGUF
-// file, or a tokenizer.model / tok<V>.model / tokenizer.bin / tok<V>.bin next
-// to the model file. Checked against the model's vocabulary size.
+// tokenizer.model or tokenizer.json in the model directory, the tokenizer
+// embedded in a GGUF file, or a tokenizer.model / tok<V>.model /
+// tokenizer.bin / tok<V>.bin next to the model file. Checked against the
+// model's vocabulary size.
 Tokenizer load_tokenizer(const Checkpoint& checkpoint, const std::string& tokenizer_path = "");
 
 }  // namespace flashback

@@ -1,18 +1,25 @@
-// Llama SentencePiece tokenizer (BPE with byte fallback), native: no
-// libsentencepiece (whose bundled protobuf crashes next to libtorch's).
+// Tokenizers: one interface, two families.
 //
-//   tokenizer.model (protobuf ModelProto) ─┐
-//   llama2.c tokenizer.bin ────────────────┼─▶ SentencePieceModel ─▶ Tokenizer
-//   GGUF tokenizer.ggml.* (see gguf.hpp) ──┘
+//   SentencePiece BPE (Llama-2): native, no libsentencepiece (whose bundled
+//   protobuf crashes next to libtorch's).
+//     tokenizer.model (protobuf ModelProto) ─┐
+//     llama2.c tokenizer.bin ────────────────┼─▶ SentencePieceModel ─┐
+//     GGUF tokenizer.ggml.model = "llama" ───┘                       │
+//                                                                    ├─▶ Tokenizer
+//   Byte-level BPE (GPT-2, Llama-3, SmolLM):                         │
+//     HF tokenizer.json (BPE + ByteLevel) ───┐                       │
+//     GGUF tokenizer.ggml.model = "gpt2" ────┴─▶ BpeModel ───────────┘
 //
-// Encoding follows sentencepiece's bpe_model.cc exactly: normalise (identity
-// rule, optional whitespace cleanup, ' ' -> U+2581, dummy prefix), split into
-// characters (user-defined pieces kept whole), repeatedly merge the adjacent
-// pair whose concatenation is a vocabulary piece with the highest score
-// (leftmost on ties), then map pieces to ids with byte fallback.
+// SentencePiece encoding follows sentencepiece's bpe_model.cc exactly:
+// normalise (identity rule, optional whitespace cleanup, ' ' -> U+2581, dummy
+// prefix), split into characters (user-defined pieces kept whole), repeatedly
+// merge the adjacent pair whose concatenation is a vocabulary piece with the
+// highest score (leftmost on ties), then map pieces to ids with byte fallback.
+// Byte-level BPE follows HF tokenizers and llama.cpp (see BpeModel).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -68,6 +75,37 @@ SentencePieceModel read_llama2c_tokenizer(const std::string& path);
 // The same from bytes already in memory; FormatError names `path`.
 SentencePieceModel parse_llama2c_tokenizer(std::string_view bytes, const std::string& path);
 
+// A byte-level BPE vocabulary, as GPT-2 defined it and HF tokenizers and
+// llama.cpp run it: the vocabulary's own special tokens (Control,
+// UserDefined) are matched in the text first; the rest is split by the
+// pre-tokenizer's regexes (`pre`, llama.cpp's names: "gpt2", "smollm",
+// "llama3"), each piece's bytes are written in GPT-2's printable alphabet
+// (byte -> code point), and the adjacent pair with the lowest merge rank is
+// merged until none is left (leftmost on ties).
+struct BpeModel {
+  std::vector<std::string> tokens;  // in the byte-level alphabet (special tokens as they are)
+  std::vector<PieceType> types;     // Normal, Control (special), UserDefined, Unused, ...
+  std::vector<std::pair<std::string, std::string>> merges;  // by rank
+  std::string pre = "gpt2";
+  int32_t bos_id = -1;
+  int32_t eos_id = -1;
+  int32_t unk_id = -1;
+  int32_t pad_id = -1;
+  bool add_bos = false;        // encode's default (llama.cpp's tokenizer.ggml.add_bos_token)
+  bool add_eos = false;
+  bool ignore_merges = false;  // a whole piece that is a token is taken as it is (Llama-3)
+};
+
+// The pre-tokenizer names BpeModel::pre accepts.
+const std::vector<std::string>& bpe_pre_tokenizers();
+// Reads an HF tokenizer.json with a BPE model and a ByteLevel pre-tokenizer
+// (alone, after Digits, or after a Split of a known pattern). FormatError
+// naming `path` for anything else.
+BpeModel read_tokenizer_json(const std::string& path);
+BpeModel parse_tokenizer_json(std::string_view text, const std::string& path);
+// The tokenizer.json (HF tokenizers' format) that reproduces `model`.
+std::string write_tokenizer_json(const BpeModel& model);
+
 namespace detail {
 // Open-addressing hash set of piece ids keyed by the piece text. It stores ids
 // only (the text stays in SentencePieceModel::pieces), so copying or moving a
@@ -89,70 +127,89 @@ class PieceIndex {
   std::vector<Slot> slots_;  // size is a power of two
   size_t size_ = 0;
 };
+// What a tokenizer family implements; Tokenizer and DecodeStream forward here.
+class DecoderState {
+ public:
+  virtual ~DecoderState() = default;
+  // The text completed by `id` (held back while a character is incomplete).
+  virtual std::string put(int32_t id) = 0;
+  // What is still held, an incomplete character as U+FFFD.
+  virtual std::string flush() = 0;
+};
+
+class TokenizerImpl {
+ public:
+  virtual ~TokenizerImpl() = default;
+  virtual std::unique_ptr<TokenizerImpl> clone() const = 0;
+  virtual std::vector<int32_t> encode(std::string_view text, bool add_bos, bool add_eos) const = 0;
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual std::unique_ptr<DecoderState> decoder() const = 0;
+  virtual int32_t vocab_size() const = 0;
+  virtual int32_t bos_id() const = 0;
+  virtual int32_t eos_id() const = 0;
+  virtual int32_t unk_id() const = 0;
+  virtual int32_t pad_id() const = 0;
+  virtual bool adds_bos() const = 0;
+  virtual const std::string& id_to_piece(int32_t id) const = 0;
+  virtual int32_t piece_to_id(std::string_view piece) const = 0;
+  virtual PieceType piece_type(int32_t id) const = 0;
+  virtual int32_t add_piece(const std::string& piece, PieceType type) = 0;
+  virtual const SentencePieceModel* sentencepiece_model() const { return nullptr; }
+  virtual const BpeModel* bpe_model() const { return nullptr; }
+};
+
 }  // namespace detail
 
+enum class TokenizerFamily { SentencePiece, ByteLevelBpe };
+
+// A tokenizer of either family. Copies share the vocabulary until one of
+// them changes it (add_piece). Thread-safe for concurrent const use.
 class Tokenizer {
  public:
-  Tokenizer() = default;
-  // Validates the model (BPE, identity normaliser, ids in range, byte pieces
-  // present when byte_fallback is set); throws FormatError naming `source`.
+  Tokenizer() = default;  // no vocabulary: encode/decode throw
+  // Validate the model; FormatError naming `source`.
   explicit Tokenizer(SentencePieceModel model, std::string source = "<memory>");
+  explicit Tokenizer(BpeModel model, std::string source = "<memory>");
 
-  // Loads a tokenizer.model (protobuf) or a llama2.c tokenizer.bin; the format
-  // is detected from the content, not the extension.
+  // Loads a tokenizer.model (protobuf), a llama2.c tokenizer.bin or an HF
+  // tokenizer.json; the format is detected from the content, not the name.
   static Tokenizer from_file(const std::string& path);
 
-  // sentencepiece's encode(text): no BOS/EOS unless asked.
+  // The ids of `text`, with BOS/EOS only as asked. SentencePiece:
+  // sentencepiece's encode; byte-level BPE: HF tokenizers' / llama.cpp's.
   std::vector<int32_t> encode(std::string_view text, bool add_bos = false, bool add_eos = false) const;
-  // sentencepiece's decode(ids): control ids vanish, byte pieces are joined
-  // into UTF-8 (invalid bytes become U+FFFD), unknown ids print unk_surface.
-  // Throws InvalidArgument for an id outside the vocabulary.
+  // The ids of `text` as a sequence starts: with the special tokens the
+  // tokenizer adds by default (Llama-2: BOS; SmolLM2: none), as HF's
+  // add_special_tokens=True. What a prompt or a text to score is encoded as.
+  std::vector<int32_t> encode_with_specials(std::string_view text) const { return encode(text, adds_bos(), false); }
+  // Text of `ids`: control ids vanish, bytes are joined into UTF-8 (invalid
+  // bytes become U+FFFD). InvalidArgument for an id outside the vocabulary.
   std::string decode(const std::vector<int32_t>& ids) const;
 
-  int32_t vocab_size() const { return static_cast<int32_t>(model_.pieces.size()); }
-  int32_t bos_id() const { return model_.bos_id; }
-  int32_t eos_id() const { return model_.eos_id; }
-  int32_t unk_id() const { return model_.unk_id; }
-  int32_t pad_id() const { return model_.pad_id; }
+  TokenizerFamily family() const;
+  int32_t vocab_size() const;
+  int32_t bos_id() const;
+  int32_t eos_id() const;
+  int32_t unk_id() const;
+  int32_t pad_id() const;
+  // Whether encode(text) starts with BOS.
+  bool adds_bos() const;
   const std::string& id_to_piece(int32_t id) const;
   // -1 when absent.
   int32_t piece_to_id(std::string_view piece) const;
   PieceType piece_type(int32_t id) const;
   // Appends a piece (e.g. a marking token) as the next id; returns that id.
+  // A Control piece added here is never matched in text.
   int32_t add_piece(const std::string& piece, PieceType type);
 
-  const SentencePieceModel& model() const { return model_; }
+  // The vocabulary, for writers (InvalidArgument for the other family).
+  const SentencePieceModel& model() const;
+  const BpeModel& bpe_model() const;
 
  private:
   friend class DecodeStream;
-
-  void validate() const;
-  void build_index();
-  void index_piece(int32_t id);
-  // The longest user-defined piece at the start of `text`; 0 if none.
-  size_t match_user_defined(std::string_view text) const;
-  std::string normalize(std::string_view text) const;
-  struct BpeWorkspace;  // scratch buffers reused across segments
-  // BPE over one normalized string, appending ids (bpe_model.cc's Encode plus
-  // the processor's byte fallback / unknown merging).
-  void encode_normalized(std::string_view normalized, std::vector<int32_t>& ids) const;
-  void encode_segment(std::string_view segment, BpeWorkspace& ws, std::vector<int32_t>& ids) const;
-  // sentencepiece's id lookup: reserved pieces first, then the rest, else unk.
-  int32_t lookup_symbol(std::string_view piece) const;
-  // The surface of one non-byte piece, and whether it consumed the leading
-  // U+2581 of the text (sentencepiece's DecodeSentencePiece).
-  std::pair<std::string, bool> decode_piece(int32_t id, bool is_bos_ws) const;
-  void check_id(int32_t id) const;
-
-  SentencePieceModel model_;
-  std::string source_;
-  detail::PieceIndex pieces_;             // Normal, UserDefined, Unused
-  detail::PieceIndex reserved_;           // Control, Unknown, Byte
-  std::vector<int32_t> user_defined_;     // UserDefined ids, longest piece first
-  bool user_first_byte_[256] = {};        // first bytes of user-defined pieces
-  bool has_unused_ = false;               // Unused pieces need resegmentation
-  bool hard_boundary_[256] = {};          // ASCII bytes no multi-character piece contains
-  int32_t byte_ids_[256] = {};            // <0xXX> ids (byte_fallback)
+  const detail::TokenizerImpl& impl() const;
+  std::shared_ptr<detail::TokenizerImpl> impl_;
 };
 
 // Incremental detokenizer for streaming generation: feed ids one at a time,
@@ -160,27 +217,18 @@ class Tokenizer {
 // byte pieces are held back until complete).
 class DecodeStream {
  public:
-  explicit DecodeStream(const Tokenizer& tok) : tok_(&tok) {}
+  explicit DecodeStream(const Tokenizer& tok);
   // Feeds ids whose text the caller already shows (a prompt), so that what
   // follows decodes as a continuation (keeping its leading space).
   void skip(const std::vector<int32_t>& ids) {
     for (int32_t id : ids) put(id);
   }
-  std::string put(int32_t id);
-  std::string flush();
+  std::string put(int32_t id) { return state_->put(id); }
+  std::string flush() { return state_->flush(); }
 
  private:
-  friend class Tokenizer;  // decode() runs the same state machine
-  void put_into(int32_t id, std::string& out);
-  // Appends the characters completed by the pending byte pieces; with
-  // `final`, an incomplete tail becomes U+FFFD per byte, as decode() does.
-  void drain_bytes(std::string& out, bool final);
-
-  const Tokenizer* tok_;
-  std::string pending_;       // bytes of trailing <0xXX> pieces not yet emitted
-  bool emitted_any_ = false;  // sentencepiece's "!text.empty()"
-  bool is_bos_ws_ = true;     // the next piece may still drop a leading U+2581
-  bool bos_ws_seen_ = false;  // the previous piece dropped one
+  std::shared_ptr<const detail::TokenizerImpl> tok_;  // keeps the vocabulary alive
+  std::unique_ptr<detail::DecoderState> state_;
 };
 
 }  // namespace flashback

@@ -36,7 +36,7 @@ void add_info(CLI::App& app) {
     j["weight_bytes_in_compute_dtype"] = params * elem;
     j["kv_cache_bytes_per_token"] = kv_per_token;
     j["kv_cache_bytes_at_max_position"] = kv_per_token * c.max_position_embeddings;
-    j["embedded_vocab"] = ck.vocab ? static_cast<int64_t>(ck.vocab->pieces.size()) : 0;
+    j["embedded_vocab"] = ck.tokenizer ? static_cast<int64_t>(ck.tokenizer->vocab_size()) : 0;
     if (*json) {
       std::cout << j.dump(2) << "\n";
       return;

@@ -59,6 +59,11 @@ struct GgufFile {
   const uint8_t* tensor_data(const GgufTensorInfo& info) const { return data + info.offset; }
 };
 
+class Tokenizer;
+// The tokenizer the file embeds (tokenizer.ggml.model "llama": SentencePiece,
+// "gpt2": byte-level BPE); FormatError naming the file when it is unusable.
+Tokenizer gguf_tokenizer(const GgufFile& file);
+
 // Parses and validates the whole header: counts, string and array lengths,
 // dims, ggml types, alignment, every tensor span inside the file and no
 // overlaps. FormatError(path, ...) on any violation.
