@@ -9,7 +9,7 @@ namespace flashback {
 GenerateResult generate(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& prompt,
                         const GenerateOptions& options, const std::function<bool(int64_t)>& on_token,
                         const MarkingToken& marks) {
-  if (prompt.empty()) throw InvalidArgument("the prompt is empty (it needs at least a BOS token)");
+  if (prompt.empty()) throw InvalidArgument("the prompt is empty (it needs at least one token)");
   if (options.max_new_tokens < 0) throw InvalidArgument("the number of tokens to generate must be >= 0");
   // The last token sampled is never encoded: it needs no slot.
   const int64_t need = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(options.max_new_tokens - 1, 0);

@@ -291,3 +291,29 @@ TEST_CASE("oracle: training examples are laid out as the contexts lay out infere
         std::vector<int64_t>{L, 50, 51, 52, R, 10, 11, 20, 21});
   CHECK_THROWS_AS(training_layout(ContextMode::Append, input, docs, {}, marks, 1), InvalidArgument);
 }
+
+TEST_CASE("oracle: a text without BOS (SmolLM2's tokenizer adds none): the first token anchors the window", "[oracle]") {
+  // Prepend puts the documents first; append and the window keep the first input token at position 0.
+  RecordingModel m;
+  RalmOptions o = options(/*marks=*/true, /*stride=*/2, /*max_length=*/12);
+  KVCacheStore cache = make_context_cache(m, o);
+  FixedDocuments docs({{{50, 51}}, {{52, 53}}});
+  {
+    PrependingContext<RecordingModel> ctx(m, cache, MarkingToken(kVocab), o);
+    c10::InferenceMode guard;
+    ctx.reset({10, 11, 12});
+    ctx.place(docs.documents(ctx.text()));
+    CHECK(ctx.layout() == std::vector<int64_t>{L, 50, 51, R, 10, 11, 12});
+  }
+  m.calls.clear();
+  AppendingContext<RecordingModel> ctx(m, cache, MarkingToken(kVocab), o);
+  c10::InferenceMode guard;
+  ctx.reset({10, 11, 12, 13, 14});
+  ctx.place({{60, 61}});
+  ctx.append({30});
+  ctx.append({31});
+  ctx.place({{62, 63}});  // input 7 > 12 - 4 - 2: slides to [10 30 31], re-encoded from position 1
+  check_calls(m, {from(0, {10, 11, 12, 13, 14, L, 60, 61, R}), from(9, {30}), from(10, {31}),
+                  from(1, {30, 31, L, 62, 63, R})});
+  CHECK(ctx.layout() == std::vector<int64_t>{10, 30, 31, L, 62, 63, R});
+}

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
     flashback::Tokenizer tok = flashback::load_tokenizer(ck);        // found next to the model
     flashback::LlamaForCausalLM model = flashback::load_model(ck);
 
-    std::vector<int32_t> ids = tok.encode(argv[2], /*add_bos=*/true);
+    std::vector<int32_t> ids = tok.encode_with_specials(argv[2]);  // BOS when the tokenizer adds one
     std::vector<int64_t> prompt(ids.begin(), ids.end());
     flashback::KVCacheStore cache = model->make_cache(/*batch=*/1);  // per-sequence state
 

@@ -18,8 +18,10 @@
 //
 // Window policy: the layout may use `max_length` positions. A retrieval needs
 // |input| + |block| + stride <= max_length (the stride: the tokens appended
-// before the next retrieval). When that fails, the input slides: BOS stays at
-// position 0 and only the newest input tokens are kept, leaving a fraction
+// before the next retrieval). When that fails, the input slides: its first
+// token (BOS when the tokenizer adds one; the text's first token for one that
+// adds none, as SmolLM2's) stays at position 0, the anchor of the window, and
+// only the newest input tokens are kept, leaving a fraction
 // `window_keep` of the input budget (1.0 drops as little as possible, smaller
 // values slide less often); the kept input is re-encoded from position 1.
 // Appending past max_length between retrievals folds the tokens appended so
@@ -75,7 +77,7 @@ class ContextBase {
 
   // Starts a new sequence; nothing is encoded until place().
   void reset(std::vector<int64_t> input) {
-    if (input.empty()) throw InvalidArgument("the input is empty (it needs at least a BOS token)");
+    if (input.empty()) throw InvalidArgument("the input is empty (it needs at least one token: BOS, or the first of the text)");
     input_ = std::move(input);
     block_.clear();
     recent_.clear();
@@ -204,7 +206,7 @@ class ContextBase {
     input_in_layout_ = static_cast<int64_t>(input_.size());
   }
 
-  // Keeps input_[0] and the newest tokens: |input| <= keep fraction of
+  // Keeps input_[0] (the anchor) and the newest tokens: |input| <= keep fraction of
   // `budget`. Returns whether anything was dropped.
   bool slide_input(int64_t budget) {
     int64_t keep = static_cast<int64_t>(std::floor(options_.window_keep * double(budget)));
@@ -254,7 +256,7 @@ class ContextBase {
   KVCacheStore* cache_;
   MarkingToken marks_;
   ContextOptions options_;
-  std::vector<int64_t> input_;   // BOS + input (+ the recent tokens folded in at each place())
+  std::vector<int64_t> input_;   // anchor (BOS or the first token) + input (+ the recent tokens folded in at each place())
   std::vector<int64_t> block_;   // the document block of the last place()
   std::vector<int64_t> recent_;  // appended since the last place()
   std::vector<int64_t> layout_;  // token per cache slot

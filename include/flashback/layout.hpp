@@ -7,10 +7,12 @@
 //   prepend  [BOS][<MARK_L> docs <MARK_R>][input][recent]   In-Context RALM
 //   none     [input][recent]                                no documents
 //
-// "input" is the text before the last retrieval (BOS first), "recent" the
-// tokens since. With the marks off the block is the documents alone; in
-// mode none there is no block at all. Prepending keeps BOS at slot 0 when the
-// input starts with it (the model saw BOS first in pretraining).
+// "input" is the text before the last retrieval, "recent" the tokens since.
+// The input starts as the tokenizer starts a sequence: with BOS (Llama-2) or
+// with the text's first token (SmolLM2 adds none). With the marks off the
+// block is the documents alone; in mode none there is no block at all.
+// Prepending keeps BOS at slot 0 when the input starts with it (the model saw
+// BOS first in pretraining); without BOS the documents come first.
 #pragma once
 
 #include <cstdint>

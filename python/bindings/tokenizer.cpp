@@ -15,6 +15,10 @@ void bind_tokenizer(py::module_& m) {
       .def("id_to_piece", &Tokenizer::id_to_piece, py::arg("id"))
       .def("piece_to_id", [](const Tokenizer& t, const std::string& p) { return t.piece_to_id(p); }, py::arg("piece"))
       .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
+      .def_property_readonly("adds_bos", &Tokenizer::adds_bos, "whether a sequence starts with BOS (Llama-2: yes; SmolLM2: no)")
+      .def_property_readonly("family", [](const Tokenizer& t) {
+        return t.family() == TokenizerFamily::SentencePiece ? "sentencepiece" : "byte-level-bpe";
+      })
       .def_property_readonly("bos_id", &Tokenizer::bos_id)
       .def_property_readonly("eos_id", &Tokenizer::eos_id);
 }

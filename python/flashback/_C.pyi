@@ -173,10 +173,18 @@ class Tokenizer:
     def piece_to_id(self, piece: str) -> int:
         ...
     @property
+    def adds_bos(self) -> bool:
+        """
+        whether a sequence starts with BOS (Llama-2: yes; SmolLM2: no)
+        """
+    @property
     def bos_id(self) -> int:
         ...
     @property
     def eos_id(self) -> int:
+        ...
+    @property
+    def family(self) -> str:
         ...
     @property
     def vocab_size(self) -> int:

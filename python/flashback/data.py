@@ -74,16 +74,19 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
 
     tokenizer: a flashback Tokenizer (decodes queries, encodes documents);
     retriever: a flashback Retriever (a built-in index or a Python subclass; top-1 per example;
-    None: no document); mark_left: the <MARK_L> id (needed when config.marks); limit: at most this many
-    examples, evenly spread over the text. Raises ValueError when the text yields no example."""
+    None: no document); mark_left: the <MARK_L> id (needed when config.marks); bos_id: the token each
+    input starts with (default: BOS when the tokenizer adds one, else none, as inference starts a
+    sequence); limit: at most this many examples, evenly spread over the text. Raises ValueError when
+    the text yields no example."""
     config.validate()
     resolved = config.context_options()
     if resolved.marks and (mark_left is None or mark_left < 0):
         raise ValueError("config.marks needs the model's marking tokens (mark_left)")
     mark = mark_left if resolved.marks else -1
-    bos = tokenizer.bos_id if bos_id is None else bos_id
+    bos = tokenizer.bos_id
+    prefix = [bos_id] if bos_id is not None else ([bos] if tokenizer.adds_bos else [])
     # The largest example (the longest document, the fewest context tokens) must fit max_length.
-    largest = _C.training_layout(config.layout, [bos] * (1 + config.min_context), [[0] * config.doc_tokens],
+    largest = _C.training_layout(config.layout, prefix + [0] * config.min_context, [[0] * config.doc_tokens],
                                  [0] * config.target_tokens, mark, bos)[0]
     if len(largest) > config.max_length:
         raise ValueError(f"max_length {config.max_length} leaves no room for BOS + {config.min_context} context "
@@ -106,10 +109,11 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     for n, p in enumerate(starts):
         target = stream[p:p + config.target_tokens]
         docs = source.documents(stream[p - config.query_tokens:p]) if source is not None else []
-        fixed, _ = _C.training_layout(config.layout, [bos], docs, target, mark, bos)  # everything but the context
-        room = config.max_length - len(fixed)
+        # With one context token: the room left is the most context that fits.
+        probe, _ = _C.training_layout(config.layout, prefix + [0], docs, target, mark, bos)
+        room = config.max_length - len(probe) + 1
         ctx_len = rng.randint(config.min_context, min(room, p))
-        ids, positions = _C.training_layout(config.layout, [bos] + stream[p - ctx_len:p], docs, target, mark, bos)
+        ids, positions = _C.training_layout(config.layout, prefix + stream[p - ctx_len:p], docs, target, mark, bos)
         labels = [IGNORE_INDEX] * len(ids)
         for q in positions:
             labels[q] = ids[q]

@@ -401,10 +401,12 @@ class LlamaForCausalLM(nn.Module):
         self._core.save_pretrained(str(path), self.tokenizer)
 
     # ------------------------------------------------------------ text helpers
-    def encode(self, text: str, bos: bool = True) -> List[int]:
+    def encode(self, text: str, bos: Optional[bool] = None) -> List[int]:
+        """The ids of `text`; bos=None starts it as the tokenizer starts a sequence (Llama-2: with BOS,
+        SmolLM2: without), as HF's add_special_tokens=True."""
         if self.tokenizer is None:
             raise ValueError(f"{self.name_or_path or 'this model'} has no tokenizer")
-        return self.tokenizer.encode(text, bos, False)
+        return self.tokenizer.encode(text, self.tokenizer.adds_bos if bos is None else bool(bos), False)
 
     def decode(self, ids: Sequence[int]) -> str:
         if self.tokenizer is None:

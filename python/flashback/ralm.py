@@ -161,7 +161,7 @@ def evaluate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], text:
 
 def _ids(model: LlamaForCausalLM, text_or_ids: Union[str, Sequence[int]]) -> List[int]:
     if isinstance(text_or_ids, str):
-        return model.encode(text_or_ids, bos=True)
+        return model.encode(text_or_ids)  # as the tokenizer starts a sequence
     return [int(i) for i in text_or_ids]
 
 

@@ -23,7 +23,7 @@ void run(const Args& a) {
   RalmSetup s = setup_ralm(a, {mode});
   LlamaForCausalLMImpl& model = *s.pretrained.model;
   const std::string text = read_file(a.text);
-  std::vector<int32_t> ids32 = s.pretrained.tokenizer->encode(text, /*add_bos=*/true);
+  std::vector<int32_t> ids32 = s.pretrained.tokenizer->encode_with_specials(text);
   if (a.max_tokens > 0 && static_cast<int64_t>(ids32.size()) > a.max_tokens + 1) ids32.resize(a.max_tokens + 1);
   if (ids32.size() < 2) throw FormatError(a.text, "the text has no tokens to score");
   const std::vector<int64_t> ids(ids32.begin(), ids32.end());

@@ -27,7 +27,7 @@ void run(const GenerateArgs& a) {
   po.dtype = parse_dtype(a.dtype);
   Pretrained p = load_pretrained(a.model, po);
   const Tokenizer& tok = *p.tokenizer;
-  const std::vector<int32_t> ids32 = tok.encode(a.prompt, /*add_bos=*/true);
+  const std::vector<int32_t> ids32 = tok.encode_with_specials(a.prompt);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
   KVCacheStore cache = p.model->make_cache(1);
   TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
@@ -51,7 +51,7 @@ void run(const GenerateArgs& a) {
 
 void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (BOS is prepended)");
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (with BOS when the tokenizer adds one)");
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags win
   cmd->add_option("--model,-m", a->model, "HF model directory, llama2.c .bin or .gguf")->required();
   cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer.model or tokenizer.bin (default: found with the model)");

@@ -26,7 +26,7 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
   const Tokenizer& tok = *s.pretrained.tokenizer;
   KVCacheStore cache = make_context_cache(model, a.options);
   auto ctx = make_context(mode, model, cache, s.pretrained.marks, a.options);
-  const std::vector<int32_t> ids32 = tok.encode(a.prompt, /*add_bos=*/true);
+  const std::vector<int32_t> ids32 = tok.encode_with_specials(a.prompt);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
   if (!a.json && header) std::printf("== %s%s\n", context_mode_name(mode), ctx->options().marks ? " + marks" : "");
   TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
@@ -80,7 +80,7 @@ void add_ralm(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("ralm", "Retrieval-augmented generation (FlashBack append, prepend or none)");
   add_ralm_flags(cmd, *a);
   cmd->get_option("--mode")->description("append (FlashBack), prepend (In-Context RALM), none, or a comma list run side by side");
-  cmd->add_option("--prompt,-p", a->prompt, "prompt text (BOS is prepended)")->required();
+  cmd->add_option("--prompt,-p", a->prompt, "prompt text (with BOS when the tokenizer adds one)")->required();
   add_generation_flags(cmd, a->generation);
   cmd->callback([a] { run(*a); });
 }
