@@ -8,7 +8,11 @@ source "$(dirname "$0")/common.sh"
 build=${FLASHBACK_BUILD_DIR:-$root/build}
 # The Python package, pip-installed into .venv as a user would (scikit-build-core
 # builds it in build/python/).
-[ "${1:-}" = "--sanitize" ] || "$root/scripts/install_python.sh"
+# The references beside it (llama.cpp; HF transformers on PyPI torch 2.x).
+if [ "${1:-}" != "--sanitize" ]; then
+  "$root/scripts/install_python.sh"
+  "$root/scripts/install_references.sh"
+fi
 if [ "${1:-}" = "--sanitize" ]; then
   build=${FLASHBACK_BUILD_DIR:-$root/build-asan}
   # LibTorch is not instrumented: its own allocations are not ours to report.

@@ -56,8 +56,8 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
 }
 
 namespace {
-// config.json, generation_config.json, model.safetensors [, tokenizer.model,
-// tokenizer_config.json] into `dir`.
+// config.json, generation_config.json, model.safetensors [, tokenizer.model
+// or tokenizer.json, tokenizer_config.json] into `dir`.
 void write_hf_files(const std::string& dir, const LlamaConfig& config, const std::map<std::string, at::Tensor>& tensors,
                     const Tokenizer* tokenizer) {
   std::map<std::string, at::Tensor> weights = tensors;
@@ -73,10 +73,14 @@ void write_hf_files(const std::string& dir, const LlamaConfig& config, const std
   write_file_atomic(dir + "/generation_config.json", gen.dump(2) + "\n");
 
   if (tokenizer) {
-    write_file_atomic(dir + "/tokenizer.model", serialize_sentencepiece_model(tokenizer->model()));
+    // SentencePiece as tokenizer.model (LlamaTokenizer); byte-level BPE as
+    // tokenizer.json (PreTrainedTokenizerFast), which HF tokenizers runs.
+    const bool sp = tokenizer->family() == TokenizerFamily::SentencePiece;
+    if (sp) write_file_atomic(dir + "/tokenizer.model", serialize_sentencepiece_model(tokenizer->model()));
+    else write_file_atomic(dir + "/tokenizer.json", write_tokenizer_json(tokenizer->bpe_model()));
     auto piece = [&](int32_t id) { return id >= 0 ? nlohmann::json(tokenizer->id_to_piece(id)) : nlohmann::json(); };
-    nlohmann::ordered_json tc = {{"tokenizer_class", "LlamaTokenizer"},
-                                 {"add_bos_token", true},
+    nlohmann::ordered_json tc = {{"tokenizer_class", sp ? "LlamaTokenizer" : "PreTrainedTokenizerFast"},
+                                 {"add_bos_token", tokenizer->adds_bos()},
                                  {"add_eos_token", false},
                                  {"bos_token", piece(tokenizer->bos_id())},
                                  {"eos_token", piece(tokenizer->eos_id())},

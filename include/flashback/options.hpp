@@ -55,7 +55,7 @@ inline const std::vector<OptionDoc>& ralm_option_docs() {
                    "the exactness reference [on]"},
       {"max_length", "positions the layout may use; 0: 512 (the paper's), or the model's maximum when smaller; "
                      "the KV cache holds exactly this many [0]"},
-      {"window_keep", "when the input no longer fits, the fraction of its budget kept (BOS and the newest tokens) "
+      {"window_keep", "when the input no longer fits, the fraction of its budget kept (the first token and the newest) "
                       "[0.5]"},
   };
   return docs;

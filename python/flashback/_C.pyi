@@ -84,7 +84,7 @@ class RalmOptions:
     @property
     def window_keep(self) -> float:
         """
-        when the input no longer fits, the fraction of its budget kept (BOS and the newest tokens) [0.5]
+        when the input no longer fits, the fraction of its budget kept (the first token and the newest) [0.5]
         """
     @window_keep.setter
     def window_keep(self, arg0: float) -> None:
