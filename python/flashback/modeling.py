@@ -165,14 +165,15 @@ class LlamaForCausalLM(nn.Module):
         rows appended to the vocabulary, as FlashBack does before fine-tuning;
         a checkpoint that already has them keeps its rows), "find" uses them
         when the checkpoint has them, "none" ignores them.
-        adapter: a PEFT adapter directory to load on top (merged or not), frozen."""
+        adapter: a PEFT adapter directory to load on top (merged or not), frozen.
+        The model comes in eval mode (LoRA dropout off), as HF's does; train() turns it on."""
         dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
         core, tok, mark_left = _C.load(str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""),
                                        device=str(device), adapter=str(adapter or ""), merge_adapter=merge_adapter)
         model = cls(core, tok, mark_left, str(path))
         if adapter is not None:
             model.requires_grad_(False)
-        return model
+        return model.eval()  # as HF's from_pretrained: dropout off until train()
 
     @classmethod
     def from_config(cls, config: Dict, seed: int = 0, dtype: Union[str, torch.dtype] = "float32") -> "LlamaForCausalLM":

@@ -1,7 +1,7 @@
 // ByteLevelBpeTokenizer: GPT-2's byte-level BPE, as HF tokenizers and
 // llama.cpp run it.
 //
-//   text ─ invalid UTF-8 bytes -> U+FFFD (as llama.cpp) ─ special tokens cut out
+//   text ─ decoded as llama.cpp does (bad bytes -> U+FFFD) ─ special tokens cut out
 //        ─ pre-tokenizer regexes ─ each piece's bytes as single-byte tokens
 //        ─ merge the adjacent pair of lowest rank (leftmost on ties) until none
 #include "bpe_tokenizer.hpp"
@@ -62,21 +62,59 @@ bool unicode_to_bytes(std::string_view text, std::string* bytes) {
 namespace {
 
 using internal::kReplacementChar;
+using internal::encode_utf8;
+using internal::is_trail;
 using internal::valid_utf8_prefix;
 
-// Each byte that does not start a well-formed character becomes U+FFFD.
-std::string sanitize_utf8(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
+// The text as llama.cpp's tokenizer reads it: characters are decoded by their
+// structure alone (unicode_cpt_from_utf8), so an overlong form becomes its
+// shortest form and a UTF-16 surrogate (ED A0..BF xx) stays a character; a
+// byte that starts no such character becomes U+FFFD. `bytes` is what BPE
+// encodes; `match` is the same text for the regexes, which need valid UTF-8:
+// a surrogate there reads as U+E000, a private-use character of the same
+// length that the regexes class alike (not a letter, digit or space).
+struct Sanitized {
+  std::string bytes, match;
+  bool surrogates = false;
+  std::string_view match_text() const { return surrogates ? std::string_view(match) : std::string_view(bytes); }
+};
+
+Sanitized sanitize_utf8(std::string_view text) {
+  Sanitized out;
+  out.bytes.reserve(text.size());
+  auto put = [&](std::string_view b, std::string_view m) {
+    out.bytes.append(b);
+    if (out.surrogates) out.match.append(m);
+  };
+  auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(text[i])); };
   for (size_t i = 0; i < text.size();) {
-    const size_t n = valid_utf8_prefix(text.substr(i));
-    if (n == 0) {
-      out.append(kReplacementChar);
+    const uint32_t c0 = b(i);
+    size_t len = c0 < 0x80 ? 1 : (c0 & 0xE0) == 0xC0 ? 2 : (c0 & 0xF0) == 0xE0 ? 3 : (c0 & 0xF8) == 0xF0 ? 4 : 0;
+    if (len > 1 && (i + len > text.size() || !std::all_of(text.begin() + i + 1, text.begin() + i + len, is_trail)))
+      len = 0;
+    if (len == 0) {
+      put(kReplacementChar, kReplacementChar);
       ++i;
-    } else {
-      out.append(text.substr(i, n));
-      i += n;
+      continue;
     }
+    uint32_t cp = len == 1 ? c0 : c0 & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (b(i + k) & 0x3F);
+    if (cp > 0x10FFFF) {  // llama.cpp refuses these; each byte is one U+FFFD here
+      put(kReplacementChar, kReplacementChar);
+      ++i;
+      continue;
+    }
+    const std::string shortest = encode_utf8(cp);
+    if (cp >= 0xD800 && cp <= 0xDFFF) {
+      if (!out.surrogates) {
+        out.surrogates = true;
+        out.match = out.bytes;
+      }
+      put(shortest, "\xEE\x80\x80");  // U+E000
+    } else {
+      put(shortest, shortest);
+    }
+    i += len;
   }
   return out;
 }
@@ -274,12 +312,16 @@ void ByteLevelBpeTokenizer::encode_piece(std::string_view piece, std::vector<int
     if (!dead[size_t(i)]) ids.push_back(sym[size_t(i)].id);
 }
 
-void ByteLevelBpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& ids) const {
-  for (std::string_view piece : pre_.split(text)) encode_piece(piece, ids);
+void ByteLevelBpeTokenizer::encode_text(std::string_view text, std::string_view match, std::vector<int32_t>& ids) const {
+  // `match` is `text` with the same length, valid for the regexes (sanitize_utf8)
+  for (std::string_view piece : pre_.split(match))
+    encode_piece(text.substr(static_cast<size_t>(piece.data() - match.data()), piece.size()), ids);
 }
 
 std::vector<int32_t> ByteLevelBpeTokenizer::encode(std::string_view raw, bool add_bos, bool add_eos) const {
-  const std::string text = sanitize_utf8(raw);
+  const Sanitized clean = sanitize_utf8(raw);
+  const std::string& text = clean.bytes;
+  const std::string_view match = clean.match_text();
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (add_bos && model_.bos_id >= 0) ids.push_back(model_.bos_id);
@@ -300,12 +342,12 @@ std::vector<int32_t> ByteLevelBpeTokenizer::encode(std::string_view raw, bool ad
       ++pos;
       continue;
     }
-    encode_text(std::string_view(text).substr(start, pos - start), ids);
+    encode_text(std::string_view(text).substr(start, pos - start), match.substr(start, pos - start), ids);
     ids.push_back(found);
     pos += model_.tokens[size_t(found)].size();
     start = pos;
   }
-  encode_text(std::string_view(text).substr(start), ids);
+  encode_text(std::string_view(text).substr(start), match.substr(start), ids);
   if (add_eos && model_.eos_id >= 0) ids.push_back(model_.eos_id);
   return ids;
 }

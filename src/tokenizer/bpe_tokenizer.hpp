@@ -54,7 +54,7 @@ class ByteLevelBpeTokenizer : public detail::TokenizerImpl {
   // BPE over the bytes of one pre-tokenized piece, appending ids.
   void encode_piece(std::string_view piece, std::vector<int32_t>& ids) const;
   // Appends the ids of text without special tokens.
-  void encode_text(std::string_view text, std::vector<int32_t>& ids) const;
+  void encode_text(std::string_view text, std::string_view match, std::vector<int32_t>& ids) const;
 
   struct Merge {
     int32_t rank;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -44,6 +45,18 @@ inline size_t valid_utf8_prefix(std::string_view s) {
     return is_trail(s[1]) && is_trail(s[2]) && is_trail(s[3]) && ok(cp, 0x10000) ? 4 : 0;
   }
   return 0;
+}
+
+// The shortest UTF-8 form of `cp` (<= 0x10FFFF; surrogates are written as
+// their three bytes, as llama.cpp's unicode_cpt_to_utf8 does).
+inline std::string encode_utf8(uint32_t cp) {
+  if (cp < 0x80) return std::string(1, static_cast<char>(cp));
+  if (cp < 0x800) return {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+  if (cp < 0x10000)
+    return {static_cast<char>(0xE0 | (cp >> 12)), static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
+            static_cast<char>(0x80 | (cp & 0x3F))};
+  return {static_cast<char>(0xF0 | (cp >> 18)), static_cast<char>(0x80 | ((cp >> 12) & 0x3F)),
+          static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
 }
 
 // True when `s` (non-empty) is a proper prefix of a character that more bytes

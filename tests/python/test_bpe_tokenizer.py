@@ -88,8 +88,11 @@ def test_matches_hf_tokenizers_on_every_line(ours, hf, texts):
 def test_matches_llama_cpp_on_every_line(ours, llama, texts):
     for t in texts + HARD:
         assert ours.encode(t, False, False) == llama.tokenize(t.encode("utf-8"), add_bos=False, special=True), t
-    # Invalid UTF-8 (bytes reach the C++ tokenizer as they are): each bad byte becomes U+FFFD, as llama.cpp does.
-    for raw in (b"\xffabc", b"ab\x80cd", b"\xe6\x97", b"ok \xc3(", b"\xf0\x9f\x98", b"\xed\xa0\x80"):
+    # Invalid UTF-8 (bytes reach the C++ tokenizer as they are), read as llama.cpp reads it: a byte that
+    # starts no character becomes U+FFFD; overlong forms are taken at their value; surrogates stay.
+    for raw in (b"\xffabc", b"ab\x80cd", b"\xe6\x97", b"ok \xc3(", b"\xf0\x9f\x98", b"\xed\xa0\x80", b"\xed\xa0",
+                b"ab\xed\xbf\xbf cd", b"x \xed\xa0\x80\xed\xb0\x80y", b"it's\xed\xa0\x80's 12\xed\xa0\x8034", b"\xc0\x80",
+                b"a\xc1\xbfb", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf", b"\xf0\x8d\xa0\x80"):
         assert ours.encode(raw, False, False) == llama.tokenize(raw, add_bos=False, special=True), raw
 
 

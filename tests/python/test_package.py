@@ -460,3 +460,20 @@ def test_type_stub_matches_the_extension():
         declared |= {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
         defined = {k for k in vars(getattr(flashback._C, name)) if not k.startswith("_")}
         assert declared == defined, name
+
+
+def test_from_pretrained_returns_eval_mode_as_hf_does(tmp_path):
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    assert not m.training and not m.core.training
+    m.add_adapter()
+    with torch.no_grad():
+        for _, p in m.adapter_parameters():
+            p.normal_(0, 0.05)
+    m.save_adapter(tmp_path / "a")
+    back = LlamaForCausalLM.from_pretrained(STORIES, marks="add", adapter=tmp_path / "a")
+    assert not back.training
+    x = torch.tensor([[1, 403, 407, 512, 300, 513, 500]])
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, m.eval()(x).logits, rtol=0, atol=0)  # no dropout in either
+        back.train()
+        assert back.training and not torch.equal(back(x).logits, m(x).logits)  # LoRA dropout once trained
