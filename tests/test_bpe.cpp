@@ -212,8 +212,11 @@ TEST_CASE("byte-level BPE from GGUF metadata, and its bad forms", "[bpe][gguf][b
   const std::string good = gguf(true, "gpt2");
   Tokenizer t = gguf_tokenizer(read_gguf(good));
   CHECK(t.encode("hehe") == Ids{256, 256});
+  // --tokenizer FILE.gguf: from_file finds the tokenizer inside by the magic
+  CHECK(Tokenizer::from_file(good).encode("hehe") == Ids{256, 256});
   const std::string no_merges = gguf(false, "gpt2"), bad_pre = gguf(true, "tekken99");
   CHECK_THROWS_WITH(gguf_tokenizer(read_gguf(no_merges)), Contains(no_merges + ": a gpt2 (byte-level BPE) vocabulary without tokenizer.ggml.merges"));
   CHECK_THROWS_WITH(gguf_tokenizer(read_gguf(bad_pre)), Contains(bad_pre + ": pre-tokenizer 'tekken99' is not supported"));
+  CHECK_THROWS_WITH(Tokenizer::from_file(no_merges), Contains(no_merges + ": a gpt2 (byte-level BPE) vocabulary without"));
   for (const auto& p : {good, no_merges, bad_pre}) std::filesystem::remove(p);
 }

@@ -171,8 +171,9 @@ class Tokenizer {
   explicit Tokenizer(SentencePieceModel model, std::string source = "<memory>");
   explicit Tokenizer(BpeModel model, std::string source = "<memory>");
 
-  // Loads a tokenizer.model (protobuf), a llama2.c tokenizer.bin or an HF
-  // tokenizer.json; the format is detected from the content, not the name.
+  // Loads a tokenizer.model (protobuf), a llama2.c tokenizer.bin, an HF
+  // tokenizer.json or the tokenizer inside a GGUF model file; the format is
+  // detected from the content, not the name.
   static Tokenizer from_file(const std::string& path);
 
   // The ids of `text`, with BOS/EOS only as asked. SentencePiece:

@@ -7,6 +7,10 @@
 
 namespace flashback::cli {
 
+// --tokenizer's help: every format Tokenizer::from_file reads.
+inline constexpr const char* kTokenizerHelp =
+    "tokenizer.model, tokenizer.json, tokenizer.bin or a .gguf (default: found with the model)";
+
 void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_info(CLI::App& app);

@@ -14,7 +14,7 @@ void add_convert(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("convert", "Write a model as an HF directory (config.json, model.safetensors, tokenizer.model or tokenizer.json)");
   cmd->add_option("--model,-m", a->model, "HF model directory, llama2.c .bin or .gguf")->required();
-  cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer.model, tokenizer.json or tokenizer.bin (default: found with the model)");
+  cmd->add_option("--tokenizer,-t", a->tokenizer, kTokenizerHelp);
   cmd->add_option("--out,-o", a->out, "output directory")->required();
   cmd->callback([a] {
     Checkpoint ck = read_checkpoint(a->model);

@@ -54,7 +54,7 @@ void add_generate(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (with BOS when the tokenizer adds one)");
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags win
   cmd->add_option("--model,-m", a->model, "HF model directory, llama2.c .bin or .gguf")->required();
-  cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer.model, tokenizer.json or tokenizer.bin (default: found with the model)");
+  cmd->add_option("--tokenizer,-t", a->tokenizer, kTokenizerHelp);
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   add_generation_flags(cmd, a->generation);
   cmd->add_option("--dtype", a->dtype, "auto, fp32, bf16, fp16");

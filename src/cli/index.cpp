@@ -105,7 +105,7 @@ void add_index(CLI::App& app) {
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--corpus", a->corpus, "corpus file")->required();
   cmd->add_option("--format", a->format, "wikitext, paragraphs or jsonl ({\"title\",\"text\"} per line)")->required();
-  cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer that measures passages (dense: default the model's)");
+  cmd->add_option("--tokenizer,-t", a->tokenizer, "tokenizer that measures passages: tokenizer.model, tokenizer.json, tokenizer.bin or a .gguf (dense: default the model's)");
   cmd->add_option("--out,-o", a->out, "index directory (replaced atomically if it holds an index)")->required();
   cmd->add_option("--max-tokens", a->max_tokens, "passage length budget in tokens")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--kind", a->kind, "bm25 or dense");

@@ -1,5 +1,7 @@
 #include "ralm_common.hpp"
 
+#include "commands.hpp"
+
 #include "flashback/dtype.hpp"
 #include "flashback/retrieval/index.hpp"
 
@@ -11,7 +13,7 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--model,-m", a.model, "HF model directory, llama2.c .bin or .gguf")->required();
   cmd->add_option("--adapter", a.adapter, "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)");
   cmd->add_flag("--adapter-unmerged", a.adapter_unmerged, "keep the adapter separate instead of merging it into the weights");
-  cmd->add_option("--tokenizer,-t", a.tokenizer, "tokenizer.model, tokenizer.json or tokenizer.bin (default: found with the model)");
+  cmd->add_option("--tokenizer,-t", a.tokenizer, kTokenizerHelp);
   cmd->add_option("--index", a.index, "retrieval index directory (flashback index); not needed with --mode none");
   cmd->add_option("--mode", a.mode, "append (FlashBack), prepend (In-Context RALM) or none");
   cmd->add_option("--stride,-s", o.stride, ralm_option_help("stride"))->check(CLI::PositiveNumber);

@@ -115,7 +115,7 @@ void add_tokenize(CLI::App& app) {
   auto opt = std::make_shared<TokenizeOptions>();
   auto* cmd = app.add_subcommand("tokenize",
                                  "Tokenize stdin lines into JSON id arrays (sentencepiece encode), or decode them");
-  cmd->add_option("--tokenizer", opt->tokenizer, "tokenizer.model (sentencepiece), tokenizer.json (byte-level BPE) or llama2.c tokenizer.bin")
+  cmd->add_option("--tokenizer", opt->tokenizer, "tokenizer.model (sentencepiece), tokenizer.json (byte-level BPE), llama2.c tokenizer.bin or a .gguf")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_flag("--bos", opt->bos, "Prepend the BOS id to every line");

@@ -5,6 +5,7 @@
 
 #include "bpe_tokenizer.hpp"
 #include "flashback/error.hpp"
+#include "flashback/formats/gguf.hpp"
 #include "flashback/formats/mapped_file.hpp"
 #include "sentencepiece_tokenizer.hpp"
 
@@ -19,6 +20,9 @@ Tokenizer::Tokenizer(BpeModel model, std::string source)
 Tokenizer Tokenizer::from_file(const std::string& path) {
   const auto file = MappedFile::open(path);
   const std::string_view bytes = file->bytes();
+
+  // A GGUF model file carries its tokenizer.
+  if (bytes.substr(0, 4) == "GGUF") return gguf_tokenizer(read_gguf(path));
 
   // An HF tokenizer.json is a JSON object.
   const size_t first_char = bytes.find_first_not_of(" \t\r\n");

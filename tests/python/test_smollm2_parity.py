@@ -5,10 +5,13 @@
     three WikiText-103 test passages of >= 200 tokens, identical greedy continuations of 64 tokens; the
     same for the HF directory `flashback convert` writes, whose tokenizer.json HF tokenizers loads and
     runs to the same ids.
-(b) llama.cpp (llama-cpp-python), which multiplies Q4_1 weights by 8-bit-quantized activations and so is
-    a peer, not a bit-exact reference: teacher-forced top-1 agreement >= 99%, perplexity within 1%; and
-    `flashback eval --mode none` on 20,000 WikiText-103 test tokens within 1% of llama.cpp's perplexity
-    over the very same windows (max length 512, stride 16, the anchored sliding window).
+(b) llama.cpp (llama-cpp-python). On the same weights dequantized to F32 (by the gguf package), where it
+    computes in fp32: top-1 agreement >= 99%, max |logit difference| <= 1e-3, perplexity within 1%. On
+    the Q4_1 file, where it multiplies by 8-bit-quantized activations and so is a peer, not a bit-exact
+    reference: flashback agrees with it (top-1, perplexity) as well as llama.cpp's own fp32 computation
+    of the same weights does (measured: 95.5% top-1 for both; a 99% bar is beyond llama.cpp itself).
+    And `flashback eval --mode none` on WikiText-103 test tokens within 1% of llama.cpp's
+    perplexity over the very same windows (max length 512, stride 16, the anchored sliding window).
 
 A reference that is not installed is a visible skip. Figures go to $FLASHBACK_PARITY_JSON when set
 (docs/models.md records them)."""
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +37,10 @@ REF_PYTHON = Path(os.environ.get("FLASHBACK_REF_VENV") or REPO / ".venv-ref") / 
 HF_SCRIPT = REPO / "tests/references/hf_transformers_logits.py"
 WIKI_TEST = SHARED / "data/wikitext-103/wiki.test.raw"
 PROMPT_TOKENS, NEW_TOKENS = 100, 64
-EVAL_TOKENS, MAX_LENGTH, STRIDE = 20000, 512, 16
+# The suite scores 4,000 tokens (about 3 minutes on 2 cores); docs/models.md's figures are the run with
+# FLASHBACK_PARITY_EVAL_TOKENS=20000 (scripts/parity_smollm2.sh).
+EVAL_TOKENS = int(os.environ.get("FLASHBACK_PARITY_EVAL_TOKENS") or 4000)
+MAX_LENGTH, STRIDE = 512, 16
 FIGURES = {}
 
 
@@ -143,11 +150,22 @@ def llama_cpp():
     return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install_references.sh)")
 
 
-def llama(llama_cpp):
-    if not SMOL.exists():
-        pytest.skip(f"SmolLM2 is not at {SMOL}")
-    return llama_cpp.Llama(model_path=str(SMOL), n_ctx=MAX_LENGTH, n_batch=MAX_LENGTH, n_ubatch=MAX_LENGTH,
-                           logits_all=True, n_threads=int(os.environ.get("OMP_NUM_THREADS") or 2), verbose=False)
+def llama(llama_cpp, path=SMOL, exact=False):
+    """llama.cpp on `path`; exact: fp32 KV cache and no flash attention (else its defaults, as users run it)."""
+    if not Path(path).exists():
+        pytest.skip(f"SmolLM2 is not at {path}")
+    kw = {"type_k": 0, "type_v": 0, "flash_attn": False} if exact else {}  # 0: GGML_TYPE_F32
+    return llama_cpp.Llama(model_path=str(path), n_ctx=MAX_LENGTH, n_batch=MAX_LENGTH, n_ubatch=MAX_LENGTH,
+                           logits_all=True, n_threads=int(os.environ.get("OMP_NUM_THREADS") or 2), verbose=False, **kw)
+
+
+def llama_logits(llm, passages):
+    out = []
+    for ids in passages:
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    return out
 
 
 def nll(logits, targets):
@@ -157,34 +175,59 @@ def nll(logits, targets):
     return float((lse - x[np.arange(len(targets)), targets]).sum())
 
 
-def test_teacher_forced_logits_agree_with_llama_cpp(model, passages, llama_cpp):
-    llm = llama(llama_cpp)
-    agree = total = 0
-    ours_nll = theirs_nll = 0.0
-    mean_diffs, max_diff = [], 0.0
-    for ids in passages:
-        llm.reset()
-        llm.eval(ids)
-        theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)
-        ours = our_logits(model, ids)
-        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
-        total += len(ids)
-        d = np.abs(ours - theirs)
-        mean_diffs.append(float(d.mean()))
-        max_diff = max(max_diff, float(d.max()))
-        ours_nll += nll(ours[:-1], np.array(ids[1:]))
-        theirs_nll += nll(theirs[:-1], np.array(ids[1:]))
+def compare(ours, theirs, passages):
+    """top-1 agreement, mean and max |logit difference|, and both perplexities (teacher forced)."""
+    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(ours, theirs))
+    total = sum(len(ids) for ids in passages)
     n = total - len(passages)
-    ppl_ours, ppl_theirs = math.exp(ours_nll / n), math.exp(theirs_nll / n)
+    ppl = [math.exp(sum(nll(x[:-1], np.array(ids[1:])) for x, ids in zip(side, passages)) / n) for side in (ours, theirs)]
+    return {"top1_agreement": agree / total, "positions": total,
+            "mean_abs_logit_diff": float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, theirs)])),
+            "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(ours, theirs))),
+            "ppl": ppl[0], "ppl_reference": ppl[1]}
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tmp_path_factory):
+    """The same weights as F32 tensors, written by PyPI's gguf package (its reader and dequantizer)."""
+    pytest.importorskip("gguf", reason="PyPI's gguf package is not installed (scripts/setup.sh caches it)")
+    if not SMOL.exists():
+        pytest.skip(f"SmolLM2 is not at {SMOL}")
+    out = tmp_path_factory.mktemp("f32") / "SmolLM2-135M-Instruct.F32.gguf"
+    subprocess.run([sys.executable, str(REPO / "tests/references/gguf_to_f32.py"), str(SMOL), str(out)], check=True)
+    return out
+
+
+def test_logits_agree_with_llama_cpp_on_the_dequantized_weights(model, passages, llama_cpp, f32_gguf):
+    """llama.cpp on F32 weights computes in fp32 throughout (fp32 KV cache): the graphs must agree."""
+    ours = [our_logits(model, ids) for ids in passages]
+    # flashback reads the F32 file to the very same model: its dequantization is gguf's
+    f32_model = flashback.LlamaForCausalLM.from_pretrained(f32_gguf, dtype="float32", marks="none")
+    assert all(np.array_equal(o, our_logits(f32_model, ids)) for o, ids in zip(ours, passages))
+    del f32_model
+    r = compare(ours, llama_logits(llama(llama_cpp, f32_gguf, exact=True), passages), passages)
     record("llama_cpp_version", llama_cpp.__version__)
-    record("llama_cpp_top1_agreement", agree / total)
-    record("llama_cpp_mean_abs_logit_diff", float(np.mean(mean_diffs)))
-    record("llama_cpp_max_abs_logit_diff", max_diff)
-    record("passages_ppl", {"flashback": ppl_ours, "llama_cpp": ppl_theirs})
-    print(f"llama.cpp: top-1 {agree}/{total}, mean |d| {np.mean(mean_diffs):.4f}, max |d| {max_diff:.4f}, "
-          f"ppl {ppl_ours:.4f} vs {ppl_theirs:.4f}")
-    assert agree >= 0.99 * total, f"top-1 agreement {agree}/{total} < 99%"
-    assert abs(ppl_ours / ppl_theirs - 1) <= 0.01, (ppl_ours, ppl_theirs)
+    record("llama_cpp_f32_weights", r)
+    print("llama.cpp, F32 weights:", r)
+    assert r["top1_agreement"] >= 0.99, r
+    assert r["max_abs_logit_diff"] <= 1e-3, r
+    assert abs(r["ppl"] / r["ppl_reference"] - 1) <= 0.01, r
+
+
+def test_logits_agree_with_llama_cpp_on_q4_1_as_well_as_llama_cpp_agrees_with_itself(model, passages, llama_cpp,
+                                                                                     f32_gguf):
+    """llama.cpp's Q4_1 path multiplies by 8-bit-quantized activations (and keeps an fp16 KV cache): its
+    logits move by ~0.16 on average, which flips the top-1 wherever the top two are that close. flashback
+    must agree with it as well as llama.cpp's own fp32 computation of the same weights does."""
+    q41 = llama_logits(llama(llama_cpp), passages)
+    r = compare([our_logits(model, ids) for ids in passages], q41, passages)
+    own = compare(llama_logits(llama(llama_cpp, f32_gguf, exact=True), passages), q41, passages)
+    record("llama_cpp_q4_1", r)
+    record("llama_cpp_q4_1_vs_its_own_f32", own)
+    print("llama.cpp Q4_1 vs flashback:", r, "\nllama.cpp Q4_1 vs llama.cpp F32:", own)
+    assert r["top1_agreement"] >= own["top1_agreement"] - 0.005, (r, own)
+    assert r["top1_agreement"] >= 0.95, r
+    assert abs(r["ppl"] / r["ppl_reference"] - 1) <= abs(own["ppl"] / own["ppl_reference"] - 1) + 0.005, (r, own)
 
 
 def windows(ids, max_length=MAX_LENGTH, stride=STRIDE, keep=0.5):
@@ -204,7 +247,7 @@ def windows(ids, max_length=MAX_LENGTH, stride=STRIDE, keep=0.5):
         prev = block
 
 
-def test_eval_perplexity_on_20000_wikitext_tokens_matches_llama_cpp(model, llama_cpp, tmp_path):
+def test_eval_perplexity_on_wikitext_matches_llama_cpp(model, llama_cpp, tmp_path):
     text = tmp_path / "wiki.test.head.txt"
     raw = WIKI_TEST.read_text(encoding="utf-8")
     text.write_text(raw[:200_000], encoding="utf-8")  # ~45k tokens: more than enough
@@ -228,7 +271,7 @@ def test_eval_perplexity_on_20000_wikitext_tokens_matches_llama_cpp(model, llama
         rows = np.array(llm.scores[len(inp) - 1: len(seq) - 1], dtype=np.float32)
         total += nll(rows, np.array(block))
     ppl_llama = math.exp(total / EVAL_TOKENS)
-    record("eval_20000", {"flashback_ppl": ours["ppl"], "llama_cpp_ppl": ppl_llama, "tokens": EVAL_TOKENS,
+    record("eval_none", {"flashback_ppl": ours["ppl"], "llama_cpp_ppl": ppl_llama, "tokens": EVAL_TOKENS,
                           "max_length": MAX_LENGTH, "stride": STRIDE, "window_slides": ours["stats"]["window_slides"]})
-    print(f"20,000 WikiText-103 test tokens: flashback ppl {ours['ppl']:.4f}, llama.cpp {ppl_llama:.4f}")
+    print(f"{EVAL_TOKENS} WikiText-103 test tokens: flashback ppl {ours['ppl']:.4f}, llama.cpp {ppl_llama:.4f}")
     assert abs(ours["ppl"] / ppl_llama - 1) <= 0.01, (ours["ppl"], ppl_llama)
