@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import flashback
+from fbtest import SHARED, fails
 
 gguf = pytest.importorskip("gguf", reason="the reference, PyPI's gguf package, is not installed "
                                           "(scripts/setup.sh caches it; offline, this test cannot run)")
@@ -47,3 +48,35 @@ def test_unsupported_and_mismatched_sizes_are_refused():
         flashback._C.dequantize(int(T.Q8_1), bytes(36), 32)
     with pytest.raises(flashback.InvalidArgument, match="bytes for 1 Q4_0 blocks"):
         flashback._C.dequantize(int(T.Q4_0), bytes(17), 32)
+
+
+def _retyped(tmp_path, name, ggml_type):
+    """stories260K.gguf with the type id of its tensor `name` overwritten (found with the gguf package)."""
+    src = SHARED / "models/stories260K/stories260K.gguf"
+    r = gguf.GGUFReader(str(src))
+    t = next(t for t in r.tensors if t.name == name)
+    type_part = t.field.parts[-2]  # name length, name, n_dims, dims, type, offset
+    at = type_part.ctypes.data - r.data.ctypes.data
+    data = bytearray(src.read_bytes())
+    assert int.from_bytes(data[at:at + 4], "little") == int(t.tensor_type)
+    data[at:at + 4] = int(ggml_type).to_bytes(4, "little")
+    out = tmp_path / f"retyped-{int(ggml_type)}.gguf"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_bad_tensor_types_are_one_clear_line_from_the_cli(tmp_path):
+    name = "blk.0.attn_q.weight"
+    # an unknown type id
+    bad = _retyped(tmp_path, name, 99)
+    fails("info", "--model", bad, contains=(str(bad), name, "unknown ggml type 99"))
+    # a type whose block size the row length (64) is not a multiple of
+    bad = _retyped(tmp_path, name, T.Q4_K)
+    fails("info", "--model", bad, contains=(str(bad), name, "not a multiple of the Q4_K block size 256"))
+    # a type ggml knows but flashback does not dequantize (Q8_1 only ever holds activations)
+    bad = _retyped(tmp_path, name, T.Q8_1)
+    fails("generate", "--model", bad, "--prompt", "x", contains=(str(bad), name, "Q8_1"))
+    # a byte span that disagrees with the file: as I64 (8 bytes a value where F32 has 4) the embedding's
+    # span overlaps the next tensor or runs past the end
+    bad = _retyped(tmp_path, "token_embd.weight", T.I64)
+    fails("info", "--model", bad, contains=(str(bad), "token_embd.weight"))
