@@ -30,8 +30,7 @@ struct ByteMap {
       const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const int cp = printable ? b : next++;
       from_cp[cp] = int16_t(b);
-      to_text[b] = cp < 0x80 ? std::string(1, char(cp))
-                             : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
+      to_text[b] = encode_utf8(uint32_t(cp));
     }
   }
 };

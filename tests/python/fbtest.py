@@ -7,6 +7,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FLASHBACK_SHARED") or REPO.parent / "shared")
+# The default real model, where scripts/fetch_model.sh puts it.
+MODELS = Path(os.environ.get("FLASHBACK_MODELS") or Path(os.environ.get("FLASHBACK_CACHE") or
+                                                          Path.home() / ".cache/flashback") / "models")
+SMOL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def find_cli() -> Path:

@@ -4,17 +4,12 @@ file, and llama.cpp (`llama-cpp-python`, vocab_only). Every line of WikiText-103
 TinyStories text, and hard cases; decoding round-trips every line byte for byte. A reference that is not
 installed is a visible skip."""
 
-import os
-from pathlib import Path
 
 import pytest
 
 import flashback
-from fbtest import SHARED
+from fbtest import SHARED, SMOL
 
-MODELS = Path(os.environ.get("FLASHBACK_MODELS") or Path(os.environ.get("FLASHBACK_CACHE") or
-                                                          Path.home() / ".cache/flashback") / "models")
-SMOL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 HARD = [
     "", " ", "     ", "a", "Hello world", "  leading", "trailing   ", "a   b    c  d",

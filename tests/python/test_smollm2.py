@@ -6,8 +6,6 @@ and reload (Python and the CLI) to the same outputs."""
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +15,8 @@ from flashback import LlamaForCausalLM
 from flashback.data import DataConfig, build_examples
 from flashback.finetune import TrainConfig, finetune
 
-from fbtest import SHARED, run
+from fbtest import SHARED, SMOL, run
 
-MODELS = Path(os.environ.get("FLASHBACK_MODELS") or Path(os.environ.get("FLASHBACK_CACHE") or
-                                                          Path.home() / ".cache/flashback") / "models")
-SMOL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKI = SHARED / "data/wikitext-103"
 
 pytestmark = pytest.mark.skipif(not SMOL.exists(), reason=f"SmolLM2 is not at {SMOL}: scripts/setup.sh fetches it")

@@ -28,11 +28,8 @@ import pytest
 import torch
 
 import flashback
-from fbtest import REPO, SHARED, run
+from fbtest import REPO, SHARED, SMOL, run
 
-MODELS = Path(os.environ.get("FLASHBACK_MODELS") or Path(os.environ.get("FLASHBACK_CACHE") or
-                                                          Path.home() / ".cache/flashback") / "models")
-SMOL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 REF_PYTHON = Path(os.environ.get("FLASHBACK_REF_VENV") or REPO / ".venv-ref") / "bin/python"
 HF_SCRIPT = REPO / "tests/references/hf_transformers_logits.py"
 WIKI_TEST = SHARED / "data/wikitext-103/wiki.test.raw"
