@@ -60,7 +60,8 @@ std::string adapter_config_json(const LoraConfig& c, const std::string& base_mod
   return j.dump(2) + "\n";
 }
 
-void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model) {
+void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model,
+                  std::optional<at::ScalarType> dtype) {
   const LoraConfig c = lora_config(model);
   std::map<std::string, at::Tensor> tensors;
   for (auto& [name, lora] : lora_layers(model)) {
@@ -68,6 +69,8 @@ void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, con
     tensors[kPrefix + name + ".lora_B.weight"] = lora->lora_B->weight;  // [out, r]
   }
   if (TokenRowsImpl* rows = token_rows(model)) tensors[kTokenKey] = rows->trainable_tokens_delta;  // [K, C]
+  if (dtype)
+    for (auto& [name, t] : tensors) t = t.detach().to(*dtype);
 
   const std::string config = adapter_config_json(c, base_model);
   write_directory_atomic(dir, kConfigFile, "a PEFT adapter", [&](const std::string& tmp) {

@@ -3,6 +3,7 @@
 #include "flashback/checkpoint.hpp"
 #include "flashback/error.hpp"
 #include "flashback/peft.hpp"
+#include "flashback/shipped_adapters.hpp"
 
 namespace flashback {
 
@@ -22,6 +23,13 @@ Pretrained load_pretrained(const std::string& path, const PretrainedOptions& o) 
     // Marks need the tokenizer's vocabulary to be placed after.
     if (o.require_tokenizer || !o.tokenizer.empty() || o.marks == MarksPolicy::Add) throw;
   }
+  // The shipped adapter carries the marks' rows: it belongs to a model given them.
+  if (o.adapter.empty() && o.default_adapter && o.marks == MarksPolicy::Add && ck.tensors.count("model.norm.weight")) {
+    r.adapter = find_shipped_adapter(model_fingerprint(ck), shipped_adapter_dirs(o.adapter_dirs));
+    r.adapter_default = !r.adapter.empty();
+  } else {
+    r.adapter = o.adapter;
+  }
   if (o.marks == MarksPolicy::Add) r.marks = add_marking_tokens(ck, *r.tokenizer);
   if (o.marks == MarksPolicy::Find && r.tokenizer) r.marks = find_marking_tokens(ck, *r.tokenizer);
   LoadOptions lo;
@@ -29,8 +37,8 @@ Pretrained load_pretrained(const std::string& path, const PretrainedOptions& o) 
   lo.device = o.device;
   r.model = load_model(ck, lo);
   ck.tensors.clear();  // release the mapped file
-  if (!o.adapter.empty()) {
-    load_adapter(*r.model, o.adapter, o.merge_adapter);
+  if (!r.adapter.empty()) {
+    load_adapter(*r.model, r.adapter, o.merge_adapter);
     r.model->eval();
   }
   return r;

@@ -70,7 +70,7 @@ std::string without_spaces(const std::string& s) {
 // lines (exactly one '=' each side) standing between blank lines; section
 // headings (" = = S = = ") between blank lines are skipped; every other
 // line is text. Returns (title, text without whitespace) per article.
-std::vector<std::pair<std::string, std::string>> wikitext_articles(const std::string& path) {
+std::vector<std::pair<std::string, std::string>> oracle_articles(const std::string& path) {
   std::vector<std::string> lines;
   {
     std::ifstream in(path, std::ios::binary);
@@ -198,7 +198,7 @@ TEST_CASE("retrieval: titles normalise across WikiText and plain spellings", "[r
   TitleFilter f = TitleFilter::from_file(shared(kForbidden));
   CHECK(f.size() > 700);
   // Every article of the test split is forbidden, in either spelling.
-  auto articles = wikitext_articles(shared(kWikiTest));
+  auto articles = oracle_articles(shared(kWikiTest));
   REQUIRE(articles.size() == 60);
   for (const auto& a : articles) CHECK(f.forbids(a.first));
   CHECK(f.forbids("Ise-class battleship"));
@@ -213,7 +213,24 @@ TEST_CASE("retrieval: titles normalise across WikiText and plain spellings", "[r
 
 // ------------------------------------------------------------------ corpora
 TEST_CASE("retrieval: WikiText splitting keeps titles, text and budgets", "[retrieval]") {
-  const auto articles = wikitext_articles(shared(kWikiTest));
+  const auto articles = oracle_articles(shared(kWikiTest));
+  SECTION("article spans: the oracle's titles, tiling the file") {
+    const std::vector<ArticleSpan> spans = wikitext_articles(shared(kWikiTest));
+    REQUIRE(spans.size() == articles.size());
+    std::ifstream in(shared(kWikiTest), std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t at = 0;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      CHECK(spans[i].title == articles[i].first);
+      CHECK(spans[i].begin == at);
+      REQUIRE(spans[i].end > spans[i].begin);
+      at = spans[i].end;
+      // a span holds its own heading (the first one also the blank line before it)
+      CHECK(file.substr(spans[i].begin, spans[i].end - spans[i].begin).find(" = " + spans[i].title + " = ") !=
+            std::string::npos);
+    }
+    CHECK(at == file.size());
+  }
   for (auto [tok, budget] : {std::pair<const Tokenizer*, int64_t>{&llama_tok(), 128}, {&tok512(), 64}}) {
     DYNAMIC_SECTION("vocab " << tok->vocab_size() << ", " << budget << " tokens") {
       std::vector<Passage> ps = read_corpus(shared(kWikiTest), CorpusFormat::WikiText, *tok, budget);

@@ -37,6 +37,13 @@ class DocumentSource {
   virtual int64_t max_tokens() const = 0;
 };
 
+// One retrieval of RetrievedDocuments: where, for what, and what came back.
+struct RetrievalRecord {
+  int64_t position = 0;             // tokens of text before the retrieval
+  std::string query;                // the decoded query
+  std::vector<Passage> passages;    // best first (the documents are their first doc_tokens tokens)
+};
+
 class RetrievedDocuments : public DocumentSource {
  public:
   // Uses options.query_tokens, doc_tokens and k. Retriever and tokenizer must
@@ -54,6 +61,7 @@ class RetrievedDocuments : public DocumentSource {
     std::vector<std::vector<int64_t>> docs;
     if (last_query_.find_first_not_of(" \t\n\r") == std::string::npos) return docs;  // nothing to ask
     last_passages_ = retriever_->retrieve(last_query_, options_.k);
+    if (keep_history_) history_.push_back({static_cast<int64_t>(text.size()), last_query_, last_passages_});
     for (const auto& p : last_passages_) {
       std::vector<int32_t> d = tok_->encode(p.document());
       if (static_cast<int64_t>(d.size()) > options_.doc_tokens) d.resize(static_cast<size_t>(options_.doc_tokens));
@@ -65,6 +73,11 @@ class RetrievedDocuments : public DocumentSource {
   int64_t max_tokens() const override { return options_.k * options_.doc_tokens; }
   const std::string& last_query() const { return last_query_; }
   const std::vector<Passage>& last_passages() const { return last_passages_; }
+  // Every retrieval since the last clear_history(), when keep_history(true)
+  // (off by default: an evaluation makes thousands).
+  void keep_history(bool on) { keep_history_ = on; }
+  const std::vector<RetrievalRecord>& history() const { return history_; }
+  void clear_history() { history_.clear(); }
 
  private:
   Retriever* retriever_;
@@ -72,6 +85,8 @@ class RetrievedDocuments : public DocumentSource {
   RalmOptions options_;
   std::string last_query_;
   std::vector<Passage> last_passages_;
+  bool keep_history_ = false;
+  std::vector<RetrievalRecord> history_;
 };
 
 class RandomDocuments : public DocumentSource {

@@ -18,5 +18,6 @@
 #include "flashback/peft.hpp"
 #include "flashback/pretrained.hpp"
 #include "flashback/runtime.hpp"
+#include "flashback/shipped_adapters.hpp"
 #include "flashback/sampling.hpp"
 #include "flashback/tokenizer.hpp"

@@ -6,6 +6,7 @@
 // base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "flashback/lora.hpp"
@@ -13,8 +14,10 @@
 namespace flashback {
 
 // Writes the model's adapter as a whole (io/atomic_dir.hpp): a reader sees
-// the old adapter or the new one.
-void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model = "");
+// the old adapter or the new one. dtype: the stored tensors' type (unset: the
+// parameters'; bf16 halves a shipped adapter, as PEFT saves a bf16 model's).
+void save_adapter(const LlamaForCausalLMImpl& model, const std::string& dir, const std::string& base_model = "",
+                  std::optional<at::ScalarType> dtype = std::nullopt);
 // adapter_config.json's text for `config` (PEFT's LoraConfig fields).
 std::string adapter_config_json(const LoraConfig& config, const std::string& base_model = "");
 // Reads `dir`/adapter_config.json (FormatError naming the file when it is not

@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "flashback/llama.hpp"
 #include "flashback/marking_token.hpp"
@@ -26,7 +27,11 @@ struct PretrainedOptions {
   std::optional<at::ScalarType> dtype;  // unset: the checkpoint's (float16 -> float32 where unsupported)
   at::Device device = at::kCPU;
   MarksPolicy marks = MarksPolicy::Find;
-  std::string adapter;                  // a PEFT adapter directory to load ("" none)
+  std::string adapter;                  // a PEFT adapter directory to load ("": the shipped default, below)
+  // With marks == Add and no `adapter`: the adapter shipped for this model
+  // (shipped_adapters.hpp), if there is one. false: none.
+  bool default_adapter = true;
+  std::vector<std::string> adapter_dirs;  // a front end's own places for shipped adapters
   bool merge_adapter = true;            // fold it into the weights
 };
 
@@ -34,6 +39,8 @@ struct Pretrained {
   LlamaForCausalLM model{nullptr};
   std::optional<Tokenizer> tokenizer;
   MarkingToken marks;  // absent when the model has none
+  std::string adapter;        // the adapter directory loaded ("": none)
+  bool adapter_default = false;  // it is the shipped default (not asked for)
 };
 
 // Every failure is a FormatError or InvalidArgument naming the file.

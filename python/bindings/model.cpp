@@ -7,6 +7,7 @@
 #include "flashback/marking_token.hpp"
 #include "flashback/peft.hpp"
 #include "flashback/pretrained.hpp"
+#include "flashback/shipped_adapters.hpp"
 
 namespace flashback::python {
 
@@ -90,9 +91,9 @@ void bind_model(py::module_& m) {
       .def("merge_adapter", [](Model& mm) { merge_adapter(mm); })
       .def("unmerge_adapter", [](Model& mm) { unmerge_adapter(mm); })
       .def("merge_and_unload", [](Model& mm) { merge_and_unload(mm); })
-      .def("save_adapter", [](const Model& mm, const std::string& dir, const std::string& base) {
-             save_adapter(mm, dir, base);
-           }, py::arg("dir"), py::arg("base_model") = "", release_gil())
+      .def("save_adapter", [](const Model& mm, const std::string& dir, const std::string& base, const std::string& dtype) {
+             save_adapter(mm, dir, base, parse_dtype(dtype));
+           }, py::arg("dir"), py::arg("base_model") = "", py::arg("dtype") = "auto", release_gil())
       .def("load_adapter", [](Model& mm, const std::string& dir, bool merge) { load_adapter(mm, dir, merge); },
            py::arg("dir"), py::arg("merge") = false, release_gil())
       .def("save_pretrained", [](Model& mm, const std::string& dir, const Tokenizer* tok) {
@@ -120,9 +121,12 @@ void bind_model(py::module_& m) {
       .def("wrap", &MarkingToken::wrap, py::arg("docs"), "<MARK_L> docs... <MARK_R>");
 
   m.def("load", [](const std::string& path, const std::string& dtype, const std::string& marks,
-                   const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge) {
+                   const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge,
+                   bool default_adapter, const std::vector<std::string>& adapter_dirs) {
           PretrainedOptions o;
           o.adapter = adapter;
+          o.default_adapter = default_adapter;
+          o.adapter_dirs = adapter_dirs;
           o.merge_adapter = merge;
           o.tokenizer = tokenizer;
           o.require_tokenizer = false;
@@ -135,10 +139,20 @@ void bind_model(py::module_& m) {
             p = load_pretrained(path, o);
           }
           return py::make_tuple(ModelPtr(p.model.ptr()), p.tokenizer ? py::cast(*p.tokenizer) : py::none(),
-                                p.marks.present() ? p.marks.left() : -1);
+                                p.marks.present() ? p.marks.left() : -1, p.adapter);
         }, py::arg("path"), py::arg("dtype") = "auto", py::arg("marks") = "find", py::arg("tokenizer") = "",
         py::arg("device") = "cpu", py::arg("adapter") = "", py::arg("merge_adapter") = false,
-        "(Model, Tokenizer or None, index of <MARK_L> or -1); marks: 'add', 'find' or 'none'");
+        py::arg("default_adapter") = true, py::arg("adapter_dirs") = std::vector<std::string>{},
+        "(Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', "
+        "'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model");
+  m.def("model_fingerprint", [](const std::string& path) { return model_fingerprint(read_checkpoint(path)); },
+        py::arg("path"), "the identity shipped adapters are matched on (shipped_adapters.hpp)", release_gil());
+  m.def("write_shipped_adapter_info", [](const std::string& dir, const std::string& model, const std::string& base,
+                                         const std::string& description) {
+          write_shipped_adapter_info(dir, read_checkpoint(model), base, description);
+        }, py::arg("dir"), py::arg("model"), py::arg("base_model"), py::arg("description"), release_gil());
+  m.def("shipped_adapter_dirs", [](const std::vector<std::string>& extra) { return shipped_adapter_dirs(extra); },
+        py::arg("extra") = std::vector<std::string>{});
 }
 
 }  // namespace flashback::python

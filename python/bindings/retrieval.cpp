@@ -81,6 +81,12 @@ void bind_retrieval(py::module_& m) {
           py::gil_scoped_release nogil;
           return index_corpus(corpus, f, tok, max_tokens, dir);
         }, py::arg("corpus"), py::arg("format"), py::arg("tokenizer"), py::arg("max_tokens"), py::arg("dir"));
+  m.def("wikitext_articles", [](const std::string& path) {
+          py::list out;
+          for (const ArticleSpan& a : wikitext_articles(path)) out.append(py::make_tuple(a.title, a.begin, a.end));
+          return out;
+        }, py::arg("path"),
+        "[(title, begin, end)]: each article's byte span in a WikiText file, by read_corpus's heading rule");
 }
 
 }  // namespace flashback::python

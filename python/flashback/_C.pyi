@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 import torch
-__all__: list[str] = ['Context', 'ContextOptions', 'DEFAULT_MAX_LENGTH', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'MarkingToken', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'default_lora_config', 'dequantize', 'evaluate', 'generate', 'load', 'lora_target_names', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'supports_dtype', 'training_layout', 'write_file_atomic']
+__all__: list[str] = ['Context', 'ContextOptions', 'DEFAULT_MAX_LENGTH', 'DocumentSource', 'FixedDocuments', 'FlashbackError', 'FormatError', 'GenerateOptions', 'InvalidArgument', 'KVCache', 'MarkingToken', 'Model', 'NoDocuments', 'RalmOptions', 'RandomDocuments', 'RetrievedDocuments', 'Retriever', 'SamplingOptions', 'StagedDirectory', 'Tokenizer', 'build_bm25_index', 'cpu_has_avx2_fma', 'default_lora_config', 'dequantize', 'evaluate', 'generate', 'load', 'lora_target_names', 'model_fingerprint', 'open_index', 'read_adapter_config', 'resolve_options', 'set_num_threads', 'shipped_adapter_dirs', 'supports_dtype', 'training_layout', 'wikitext_articles', 'write_file_atomic', 'write_shipped_adapter_info']
 class FlashbackError(RuntimeError):
     pass
 class FormatError(FlashbackError, ValueError):
@@ -228,7 +228,7 @@ class Model:
         """
         (HF name, the C++ parameter itself) pairs
         """
-    def save_adapter(self, dir: str, base_model: str = '') -> None:
+    def save_adapter(self, dir: str, base_model: str = '', dtype: str = 'auto') -> None:
         ...
     def save_pretrained(self, dir: str, tokenizer: Tokenizer = None) -> None:
         ...
@@ -386,13 +386,17 @@ def generate(context: Context, documents: DocumentSource, prompt: list[int], opt
     """
     the one generation loop: (generated ids, stats)
     """
-def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False) -> tuple:
+def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False, default_adapter: bool = True, adapter_dirs: list[str] = []) -> tuple:
     """
-    (Model, Tokenizer or None, index of <MARK_L> or -1); marks: 'add', 'find' or 'none'
+    (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model
     """
 def lora_target_names() -> list[str]:
     """
     the projections LoRA may adapt, in canonical order
+    """
+def model_fingerprint(path: str) -> str:
+    """
+    the identity shipped adapters are matched on (shipped_adapters.hpp)
     """
 def open_index(dir: str, encoder_model: str = '', forbidden_titles: str = '') -> Retriever:
     ...
@@ -406,14 +410,22 @@ def set_num_threads(n: int = 0) -> int:
     """
     intra-op threads (0 = FLASHBACK_THREADS or all cores)
     """
+def shipped_adapter_dirs(extra: list[str] = []) -> list[str]:
+    ...
 def supports_dtype(arg0: str, arg1: str) -> bool:
     ...
 def training_layout(mode: str, input: list[int], docs: list[list[int]], targets: list[int], mark_left: int, bos_id: int) -> tuple:
     """
     (tokens, target positions) of one training example, laid out as the contexts lay out inference
     """
+def wikitext_articles(path: str) -> list:
+    """
+    [(title, begin, end)]: each article's byte span in a WikiText file, by read_corpus's heading rule
+    """
 def write_file_atomic(path: str, data: bytes) -> None:
     """
     writes `data` to `path` atomically (temporary file, fsync, rename)
     """
+def write_shipped_adapter_info(dir: str, model: str, base_model: str, description: str) -> None:
+    ...
 DEFAULT_MAX_LENGTH: int = 512

@@ -124,6 +124,13 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
     return out
 
 
+def wikitext_articles(path) -> List[tuple]:
+    """[(title, text)]: the articles of a WikiText file, whole and as written (headings, blank lines),
+    split by the heading rule the corpus reader uses (read_corpus)."""
+    data = open(path, "rb").read()
+    return [(title, data[b:e].decode("utf-8", errors="replace")) for title, b, e in _C.wikitext_articles(str(path))]
+
+
 def collate(examples: Sequence[Example], pad_id: int = 0) -> tuple:
     """Right-pads a batch: (input_ids [B, T], labels [B, T]). Padding comes after
     every real token, so causal attention never lets a real row see it."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -149,6 +151,7 @@ class LlamaForCausalLM(nn.Module):
         self.tokenizer = tokenizer
         self.mark_left = int(mark_left)
         self.name_or_path = name_or_path
+        self.adapter_path: Optional[str] = None  # the adapter from_pretrained loaded
         self.config = LlamaConfig.from_json(core.config_json)
         self._core.train(self.training)
         self._sync_parameters()
@@ -157,7 +160,8 @@ class LlamaForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], *, dtype: Union[str, torch.dtype] = "auto", marks: str = "find",
                         tokenizer: Optional[Union[str, Path]] = None, device: str = "cpu",
-                        adapter: Optional[Union[str, Path]] = None, merge_adapter: bool = False) -> "LlamaForCausalLM":
+                        adapter: Optional[Union[str, Path]] = None, merge_adapter: bool = False,
+                        default_adapter: bool = True) -> "LlamaForCausalLM":
         """Loads an HF directory (config.json + safetensors, sharded or not),
         a llama2.c .bin or a GGUF file.
 
@@ -166,12 +170,19 @@ class LlamaForCausalLM(nn.Module):
         a checkpoint that already has them keeps its rows), "find" uses them
         when the checkpoint has them, "none" ignores them.
         adapter: a PEFT adapter directory to load on top (merged or not), frozen.
+        default_adapter: with marks="add" and no adapter, the adapter flashback ships
+        for this model (adapters/ in the source, <prefix>/share/flashback/adapters
+        installed), if there is one, as the CLI does; `adapter_path` says which.
+        Pass False to fine-tune from the base model.
         The model comes in eval mode (LoRA dropout off), as HF's does; train() turns it on."""
         dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
-        core, tok, mark_left = _C.load(str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""),
-                                       device=str(device), adapter=str(adapter or ""), merge_adapter=merge_adapter)
+        core, tok, mark_left, loaded = _C.load(
+            str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""), device=str(device),
+            adapter=str(adapter or ""), merge_adapter=merge_adapter, default_adapter=default_adapter,
+            adapter_dirs=[os.path.join(sys.prefix, "share", "flashback", "adapters")])
         model = cls(core, tok, mark_left, str(path))
-        if adapter is not None:
+        model.adapter_path = loaded or None
+        if loaded:
             model.requires_grad_(False)
         return model.eval()  # as HF's from_pretrained: dropout off until train()
 
@@ -379,10 +390,12 @@ class LlamaForCausalLM(nn.Module):
         finally:
             self.enable_adapter()
 
-    def save_adapter(self, path: Union[str, Path]) -> None:
+    def save_adapter(self, path: Union[str, Path], dtype: Optional[Union[str, torch.dtype]] = None) -> None:
         """Writes adapter_config.json + adapter_model.safetensors (PEFT's names)
-        atomically: the directory is replaced as a whole."""
-        self._core.save_adapter(str(path), self.name_or_path)
+        atomically: the directory is replaced as a whole. dtype: the stored tensors'
+        (default the parameters'; torch.bfloat16 halves the file)."""
+        dt = "auto" if dtype is None else (_DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype)
+        self._core.save_adapter(str(path), self.name_or_path, dt)
 
     def load_adapter(self, path: Union[str, Path], merge: bool = False, trainable: bool = False) -> None:
         """Adds the PEFT adapter saved at `path` (the model must have none); trainable: only it trains,

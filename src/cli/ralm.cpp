@@ -17,7 +17,36 @@ namespace {
 struct Args : RalmArgs {
   std::string prompt;
   GenerateOptions generation;
+  bool verbose = false;
 };
+
+// The retrievals of one generation: JSON records, and lines for --verbose.
+nlohmann::ordered_json retrievals_json(const std::vector<RetrievalRecord>& history) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const RetrievalRecord& r : history) {
+    nlohmann::ordered_json j, titles = nlohmann::ordered_json::array(), scores = nlohmann::ordered_json::array();
+    for (const Passage& p : r.passages) {
+      titles.push_back(p.title);
+      scores.push_back(p.score);
+    }
+    j["position"] = r.position;
+    j["query"] = r.query;
+    j["titles"] = titles;
+    j["scores"] = scores;
+    out.push_back(j);
+  }
+  return out;
+}
+
+void print_retrievals(const std::vector<RetrievalRecord>& history) {
+  for (const RetrievalRecord& r : history) {
+    std::fprintf(stderr, "  retrieval @%lld:", (long long)r.position);
+    if (r.passages.empty()) std::fprintf(stderr, " (nothing)");
+    for (const Passage& p : r.passages)
+      std::fprintf(stderr, " \"%s\" (%.2f)", p.title.empty() ? "(untitled)" : p.title.c_str(), p.score);
+    std::fprintf(stderr, "\n");
+  }
+}
 
 // One generation in one mode: streams the text (or prints one JSON line) and
 // returns the stats.
@@ -30,8 +59,11 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
   if (!a.json && header) std::printf("== %s%s\n", context_mode_name(mode), ctx->options().marks ? " + marks" : "");
   TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
+  if (s.retrieved) s.retrieved->clear_history();
   GenerateResult r = generate(*ctx, *s.documents, prompt, a.generation, std::ref(printer));
   const std::string& text = printer.finish();
+  static const std::vector<RetrievalRecord> kNone;
+  const std::vector<RetrievalRecord>& history = s.retrieved && ctx->options().retrieves() ? s.retrieved->history() : kNone;
   if (a.json) {
     nlohmann::ordered_json j;
     j["mode"] = context_mode_name(mode);
@@ -41,6 +73,7 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
     j["ids"] = r.ids;
     j["text"] = text;
     j["stats"] = nlohmann::ordered_json::parse(to_json(r.stats));
+    j["retrievals"] = retrievals_json(history);
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::fprintf(stderr,
@@ -49,6 +82,7 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
                  context_mode_name(mode), ctx->options().marks ? "+marks" : "", r.ids.size(),
                  (long long)r.stats.retrievals, (long long)r.stats.tokens_reencoded, (long long)r.stats.tokens_decoded,
                  r.stats.retrieve_seconds, r.stats.reencode_seconds, r.stats.decode_seconds);
+    if (a.verbose) print_retrievals(history);
   }
   return r.stats;
 }
@@ -69,6 +103,7 @@ void print_comparison(const std::vector<ContextMode>& modes, const std::vector<C
 void run(const Args& a) {
   const std::vector<ContextMode> modes = parse_context_modes(a.mode);
   RalmSetup s = setup_ralm(a, modes);
+  if (s.retrieved) s.retrieved->keep_history(a.json || a.verbose);
   std::vector<ContextStats> stats;
   for (ContextMode mode : modes) stats.push_back(run_mode(a, mode, s, modes.size() > 1));
   if (modes.size() > 1 && !a.json) print_comparison(modes, stats);
@@ -82,6 +117,7 @@ void add_ralm(CLI::App& app) {
   cmd->get_option("--mode")->description("append (FlashBack), prepend (In-Context RALM), none, or a comma list run side by side");
   cmd->add_option("--prompt,-p", a->prompt, "prompt text (with BOS when the tokenizer adds one)")->required();
   add_generation_flags(cmd, a->generation);
+  cmd->add_flag("-v,--verbose", a->verbose, "list each retrieval (position, titles, scores) after each mode's text");
   cmd->callback([a] { run(*a); });
 }
 

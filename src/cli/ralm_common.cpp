@@ -1,5 +1,8 @@
 #include "ralm_common.hpp"
 
+#include <cstdio>
+#include <filesystem>
+
 #include "commands.hpp"
 
 #include "flashback/dtype.hpp"
@@ -7,11 +10,25 @@
 
 namespace flashback::cli {
 
+namespace {
+// <dir of this executable>/../share/flashback/<name>: where an installed CLI's
+// data lies (CMake's install and the wheel's <env>/bin + <env>/share alike).
+std::string executable_data_dir(const std::string& name) {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  return (exe.parent_path().parent_path() / "share" / "flashback" / name).string();
+}
+}  // namespace
+
 void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   RalmOptions& o = a.options;
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--model,-m", a.model, "HF model directory, llama2.c .bin or .gguf")->required();
-  cmd->add_option("--adapter", a.adapter, "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)");
+  cmd->add_option("--adapter", a.adapter,
+                  "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors); default: the "
+                  "adapter flashback ships for this model, when a mode uses the marks");
+  cmd->add_flag("--no-adapter", a.no_adapter, "no adapter, not even the shipped default");
   cmd->add_flag("--adapter-unmerged", a.adapter_unmerged, "keep the adapter separate instead of merging it into the weights");
   cmd->add_option("--tokenizer,-t", a.tokenizer, kTokenizerHelp);
   cmd->add_option("--index", a.index, "retrieval index directory (flashback index); not needed with --mode none");
@@ -40,16 +57,24 @@ RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes) {
   po.tokenizer = a.tokenizer;
   po.dtype = parse_dtype(a.dtype);
   po.marks = uses_marks(modes, a.options) ? MarksPolicy::Add : MarksPolicy::Find;
+  if (a.no_adapter && !a.adapter.empty()) throw InvalidArgument("--adapter and --no-adapter contradict each other");
   po.adapter = a.adapter;
+  po.default_adapter = !a.no_adapter;
+  po.adapter_dirs = {executable_data_dir("adapters")};
   po.merge_adapter = !a.adapter_unmerged;
   RalmSetup s;
   s.pretrained = load_pretrained(a.model, po);
+  if (s.pretrained.adapter_default)
+    std::fprintf(stderr, "adapter: %s (shipped for this model; --no-adapter runs without it)\n",
+                 s.pretrained.adapter.c_str());
   if (retrieves) {
     RetrieverOptions ro;
     ro.encoder_model = a.encoder_model;
     ro.forbidden_titles = a.forbidden_titles;
     s.retriever = open_retriever(a.index, ro);
-    s.documents = std::make_unique<RetrievedDocuments>(*s.retriever, *s.pretrained.tokenizer, a.options);
+    auto docs = std::make_unique<RetrievedDocuments>(*s.retriever, *s.pretrained.tokenizer, a.options);
+    s.retrieved = docs.get();
+    s.documents = std::move(docs);
   } else {
     s.documents = std::make_unique<NoDocuments>();
   }

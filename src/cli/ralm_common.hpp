@@ -14,7 +14,7 @@ namespace flashback::cli {
 
 struct RalmArgs {
   std::string model, tokenizer, index, mode = "append", dtype, forbidden_titles, encoder_model, adapter;
-  bool adapter_unmerged = false;
+  bool adapter_unmerged = false, no_adapter = false;
   RalmOptions options;
   int threads = 0;
   bool json = false;
@@ -30,6 +30,7 @@ struct RalmSetup {
   Pretrained pretrained;
   std::unique_ptr<Retriever> retriever;  // null when no mode retrieves
   std::unique_ptr<DocumentSource> documents;
+  RetrievedDocuments* retrieved = nullptr;  // `documents` when a mode retrieves
 };
 RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes);
 

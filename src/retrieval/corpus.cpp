@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <functional>
 #include <optional>
 
 #include "flashback/error.hpp"
@@ -60,6 +61,7 @@ class LineReader {
       return false;
     }
     ++line_no_;
+    start_ = done_;
     done_ += line.size() + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (progress_ && done_ - reported_ >= (1u << 20)) {
@@ -69,12 +71,13 @@ class LineReader {
     return true;
   }
   int64_t line_no() const { return line_no_; }
+  uint64_t line_start() const { return start_; }  // byte offset of the last line read
 
  private:
   std::string path_;
   const ProgressFn& progress_;
   std::ifstream in_;
-  uint64_t total_ = 0, done_ = 0, reported_ = 0;
+  uint64_t total_ = 0, done_ = 0, reported_ = 0, start_ = 0;
   int64_t line_no_ = 0;
 };
 
@@ -98,20 +101,24 @@ std::optional<std::pair<int, std::string>> parse_heading(const std::string& trim
 // inside paragraphs. Section headings are dropped: they are structure, not
 // prose (DPR-style passages keep only the article title), and a lone
 // "Career" line packed into a passage only adds noise.
-void read_wikitext(LineReader& in, detail::PassageSplitter& split) {
+// emit(title, paragraphs, offset of the article's heading line) per article.
+using ArticleFn = std::function<void(const std::string&, const std::vector<std::string>&, uint64_t)>;
+void read_wikitext(LineReader& in, const ArticleFn& emit) {
   std::string title;
   std::vector<std::string> paras;
   std::string line;
   bool prev_blank = true;
+  uint64_t begin = 0, pending_at = 0;
   std::optional<std::string> pending;  // a heading-shaped line waiting for its next line
   auto resolve = [&](bool next_blank) {
     if (!pending) return;
     auto h = parse_heading(*pending);
     if (next_blank && h) {
       if (h->first == 1) {
-        split.add_article(title, paras);
+        emit(title, paras, begin);
         title = h->second;
         paras.clear();
+        begin = pending_at;
       }
     } else {
       paras.push_back(*pending);
@@ -128,13 +135,14 @@ void read_wikitext(LineReader& in, detail::PassageSplitter& split) {
     resolve(false);
     if (prev_blank && parse_heading(t)) {
       pending = t;
+      pending_at = in.line_start();
     } else {
       paras.push_back(t);
     }
     prev_blank = false;
   }
   resolve(true);
-  split.add_article(title, paras);
+  emit(title, paras, begin);
 }
 
 // Blank-line separated paragraphs, each its own untitled document (the
@@ -202,12 +210,30 @@ std::vector<Passage> read_corpus(const std::string& path, CorpusFormat format, c
   std::vector<Passage> passages;
   detail::PassageSplitter split(tokenizer, max_tokens, passages);
   switch (format) {
-    case CorpusFormat::WikiText: read_wikitext(in, split); break;
+    case CorpusFormat::WikiText:
+      read_wikitext(in, [&](const std::string& t, const std::vector<std::string>& p, uint64_t) { split.add_article(t, p); });
+      break;
     case CorpusFormat::Paragraphs: read_paragraphs(in, split); break;
     case CorpusFormat::Jsonl: read_jsonl(in, path, split); break;
   }
   if (passages.empty()) throw FormatError(path, "empty corpus: no text to index");
   return passages;
+}
+
+std::vector<ArticleSpan> wikitext_articles(const std::string& path) {
+  const ProgressFn no_progress;  // LineReader keeps a reference
+  LineReader in(path, no_progress);
+  std::vector<ArticleSpan> out;
+  read_wikitext(in, [&](const std::string& title, const std::vector<std::string>& paras, uint64_t begin) {
+    if (title.empty() && paras.empty()) return;  // no text before the first heading
+    out.push_back({title, begin, 0});
+  });
+  struct stat st {};
+  ::stat(path.c_str(), &st);
+  if (!out.empty()) out.front().begin = 0;  // blank lines before the first heading belong to it
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i].end = i + 1 < out.size() ? out[i + 1].begin : static_cast<uint64_t>(st.st_size);
+  return out;
 }
 
 }  // namespace flashback

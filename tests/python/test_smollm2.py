@@ -12,7 +12,7 @@ import torch
 
 import flashback
 from flashback import LlamaForCausalLM
-from flashback.data import DataConfig, build_examples
+from flashback.data import DataConfig, build_examples, wikitext_articles
 from flashback.finetune import TrainConfig, finetune
 
 from fbtest import SHARED, SMOL, run
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not SMOL.exists(), reason=f"SmolLM2 is not at {S
 
 @pytest.fixture(scope="module")
 def model():
-    return LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add")
+    # the base model: the shipped adapter is tested on its own below
+    return LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add", default_adapter=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_kv_reuse_is_exact_on_smollm2(model, index, text, mode):
 
 
 def test_lora_and_mark_rows_train_and_reload_as_a_peft_adapter(model, index, text, tmp_path):
-    m = LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add")
+    m = LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add", default_adapter=False)
     ret = flashback.open_index(index)
     cfg = DataConfig(max_length=256)
     ex = build_examples(text, m.tokenizer, ret, cfg, mark_left=m.mark_left, limit=3)
@@ -116,3 +117,49 @@ def test_lora_and_mark_rows_train_and_reload_as_a_peft_adapter(model, index, tex
               "--text", SHARED / "data/wikitext-103/wiki.test.raw", "--max-tokens", 64, "--json", timeout=600)
     r = json.loads(out.stdout)
     assert r["tokens"] == 64 and r["marks"] and math.isfinite(r["ppl"])
+
+
+def test_one_step_of_the_papers_recipe_touches_only_lora_and_the_mark_rows(index, text):
+    """LoRA r=16 alpha=32 dropout 0.05 on q/k/v/o + the two mark rows, one AdamW step: every base weight
+    stays bit-identical, every LoRA matrix and both mark rows move, no other embedding row does."""
+    m = LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add", default_adapter=False)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    emb0 = m.get_parameter("model.embed_tokens.weight").detach().clone()
+    ret = flashback.open_index(index)
+    ex = build_examples(text, m.tokenizer, ret, DataConfig(max_length=256), mark_left=m.mark_left, limit=2)
+    finetune(m, ex, [], TrainConfig(steps=1, batch_size=2, lr=1e-3, warmup_steps=0, eval_every=0, progress=False))
+    cfg = m.adapter_config
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
+    assert sorted(cfg.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert list(cfg.trainable_token_indices) == [49152, 49153]
+    trained = dict(m.named_parameters())
+    for n, p in before.items():
+        assert torch.equal(trained[n], p), f"{n} changed"  # bit-identical
+    lora = {n: p for n, p in trained.items() if n not in before}
+    assert len([n for n in lora if ".lora_B." in n]) == 4 * 30
+    assert all(bool((p != 0).any()) for n, p in lora.items() if ".lora_B." in n)  # B moved off zero
+    assert all(p.requires_grad for p in lora.values())
+    m.merge_adapter()
+    emb = m.get_parameter("model.embed_tokens.weight").detach()
+    changed = (emb != emb0).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [49152, 49153], changed
+
+
+def test_the_cli_lists_the_retrieved_titles(index):
+    corpus_titles = {t for t, _ in wikitext_articles(WIKI / "wiki.valid.raw")}
+    prompt = ("The Tower of London is a historic castle on the north bank of the River Thames in central London. "
+              "It was founded towards the end of 1066 as part of the Norman Conquest of England.")
+    out = run("ralm", "-m", SMOL, "--index", index, "--prompt", prompt, "-n", 32, "--mode", "append", "--json",
+              "--no-adapter", timeout=600)
+    r = json.loads(out.stdout)
+    assert len(r["retrievals"]) == r["stats"]["retrievals"] == 2
+    first, second = r["retrievals"]
+    assert first["position"] == len(r["prompt_ids"]) and second["position"] == first["position"] + 16
+    for rec in r["retrievals"]:
+        assert len(rec["titles"]) == len(rec["scores"]) == 1 and rec["titles"][0] in corpus_titles
+        assert rec["query"] and rec["scores"][0] > 0
+    text = run("ralm", "-m", SMOL, "--index", index, "--prompt", prompt, "-n", 32, "--mode", "append", "--verbose",
+               "--no-adapter", timeout=600)
+    lines = [ln for ln in text.stderr.splitlines() if "retrieval @" in ln]
+    assert len(lines) == 2 and f'"{first["titles"][0]}"' in lines[0]
+

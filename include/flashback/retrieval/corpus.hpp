@@ -32,4 +32,15 @@ using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 std::vector<Passage> read_corpus(const std::string& path, CorpusFormat format, const Tokenizer& tokenizer,
                                  int64_t max_tokens, const ProgressFn& progress = {});
 
+// The articles of a WikiText file where they stand in it, by the heading rule
+// read_corpus uses: the title and the byte span [begin, end) from the
+// article's heading line to the next one's (text before the first heading is
+// an untitled article, or, when blank, the first article's). The spans tile
+// the file. For splitting a dump by article.
+struct ArticleSpan {
+  std::string title;
+  uint64_t begin = 0, end = 0;
+};
+std::vector<ArticleSpan> wikitext_articles(const std::string& path);
+
 }  // namespace flashback
