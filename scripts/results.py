@@ -107,7 +107,7 @@ class Experiment:
         self.forbidden = [t for t, _ in test]
         index = self.out / "index"
         if not (index / "meta.json").exists():
-            self.n_passages = flashback.build_bm25_index(wt / "wiki.valid.raw", index, tok, "wikitext", 128)
+            flashback.build_bm25_index(wt / "wiki.valid.raw", index, tok, "wikitext", 128)
         self.retriever = flashback.open_index(index, forbidden_titles=self.forbidden)
         self.n_passages = json.loads((index / "meta.json").read_text()).get("passages", 0)
         self.tokenizer = tok

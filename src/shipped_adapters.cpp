@@ -1,5 +1,6 @@
 #include "flashback/shipped_adapters.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "flashback/error.hpp"
 #include "flashback/formats/mapped_file.hpp"
 #include "flashback/io/atomic_file.hpp"
+#include "flashback/strings.hpp"
 
 #ifndef FLASHBACK_INSTALL_ADAPTER_DIR
 #define FLASHBACK_INSTALL_ADAPTER_DIR ""
@@ -23,13 +25,6 @@ namespace flashback {
 
 namespace {
 constexpr const char* kInfoFile = "flashback.json";
-
-// FNV-1a over bytes: stable across compilers and library versions.
-uint64_t fnv1a(const uint8_t* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
 }  // namespace
 
 std::string model_fingerprint(const Checkpoint& ck) {
@@ -37,7 +32,7 @@ std::string model_fingerprint(const Checkpoint& ck) {
   if (it == ck.tensors.end()) throw FormatError(ck.path, "no model.norm.weight: cannot identify the model");
   // Rounded to bf16 (round to nearest even, as every converter does), then hashed.
   const at::Tensor bits = it->second.to(at::kFloat).to(at::kBFloat16).contiguous();  // [C]
-  const uint64_t h = fnv1a(static_cast<const uint8_t*>(bits.data_ptr()), static_cast<size_t>(bits.nbytes()));
+  const uint64_t h = fnv1a({static_cast<const char*>(bits.data_ptr()), static_cast<size_t>(bits.nbytes())});
   const LlamaConfig& c = ck.config;
   char buf[160];
   std::snprintf(buf, sizeof buf, "llama-v%lld-h%lld-l%lld-a%lld-kv%lld-i%lld-n%016llx", (long long)c.vocab_size,

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "flashback/error.hpp"
+#include "flashback/strings.hpp"
 #include "flashback/retrieval/index.hpp"
 #include "index_dir.hpp"
 
@@ -54,13 +55,6 @@ class Analyzer {
   Xapian::SimpleStopper stopper_;
   Xapian::TermGenerator tg_;
 };
-
-// FNV-1a: a stable hash (std::hash may change between library versions).
-uint64_t fnv1a(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
 
 // Xapian terms are limited to ~245 bytes: long titles keep a prefix and a
 // hash. A collision could only exclude an allowed passage, never let a

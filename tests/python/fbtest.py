@@ -10,6 +10,7 @@ SHARED = Path(os.environ.get("FLASHBACK_SHARED") or REPO.parent / "shared")
 # The default real model, where scripts/fetch_model.sh puts it.
 MODELS = Path(os.environ.get("FLASHBACK_MODELS") or Path(os.environ.get("FLASHBACK_CACHE") or
                                                           Path.home() / ".cache/flashback") / "models")
+STORIES = SHARED / "models/stories260K"
 SMOL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -45,3 +46,15 @@ def fails(*args, contains=(), env=None):
     for c in contains:
         assert c in lines[0], lines[0]
     return lines[0]
+
+
+def tinystories_data(d: Path) -> Path:
+    """scripts/prepare_tinystories.py's split in `d` and a BM25 index of its corpus (`d`/index), measured
+    with stories260K's tokenizer. Returns `d`."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(REPO / "scripts/prepare_tinystories.py"), str(SHARED), str(d)], check=True)
+    run("index", "--corpus", d / "tinystories_corpus.txt", "--format", "paragraphs", "--tokenizer",
+        STORIES / "tok512.model", "--out", d / "index")
+    return d

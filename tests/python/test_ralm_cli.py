@@ -3,25 +3,18 @@ of TinyStories: KV reuse equals the --no-kv-reuse reference through the CLI,
 the JSON contracts, side-by-side modes, and bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from fbtest import REPO, SHARED, fails, run
+from fbtest import STORIES, fails, run, tinystories_data
 
-STORIES = SHARED / "models/stories260K"
 MODEL = STORIES / "stories260K.bin"
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ralm")
-    subprocess.run([sys.executable, str(REPO / "scripts/prepare_tinystories.py"), str(SHARED), str(d)], check=True)
-    run("index", "--corpus", d / "tinystories_corpus.txt", "--format", "paragraphs", "--tokenizer",
-        STORIES / "tok512.model", "--out", d / "index")
-    return d
+    return tinystories_data(tmp_path_factory.mktemp("ralm"))
 
 
 def ralm(data, *extra):

@@ -4,8 +4,6 @@ Python load the one whose fingerprint matches when the marks are added, --adapte
 through $FLASHBACK_ADAPTERS (the SmolLM2 adapter the project ships is tested in test_smollm2.py)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,9 +11,8 @@ import torch
 import flashback
 from flashback import LlamaForCausalLM, LoraConfig
 
-from fbtest import REPO, SHARED, fails, run
+from fbtest import SHARED, STORIES, fails, run, tinystories_data
 
-STORIES = SHARED / "models/stories260K"
 MODEL = STORIES / "stories260K.bin"
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
 
@@ -32,10 +29,7 @@ def shipped(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.05)  # B starts at zero: make the adapter change the model
     m.save_adapter(root / "adapters/stories", dtype=torch.bfloat16)
     flashback._C.write_shipped_adapter_info(str(root / "adapters/stories"), str(MODEL), "stories260K", "a test")
-    d = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, str(REPO / "scripts/prepare_tinystories.py"), str(SHARED), str(d)], check=True)
-    run("index", "--corpus", d / "tinystories_corpus.txt", "--format", "paragraphs", "--tokenizer",
-        STORIES / "tok512.model", "--out", d / "index")
+    d = tinystories_data(tmp_path_factory.mktemp("data"))
     return {"root": root / "adapters", "dir": root / "adapters/stories", "index": d / "index",
             "env": {"FLASHBACK_ADAPTERS": str(root / "adapters")}}
 
