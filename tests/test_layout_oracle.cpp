@@ -99,8 +99,10 @@ Call cat(std::initializer_list<Call> parts) {
   return c;
 }
 
+// The paper's positions (slot = position); doc_positions before has its own cases below.
 RalmOptions options(bool marks, int64_t stride = 2, int64_t max_length = 64) {
   RalmOptions o;
+  o.doc_positions = "after";
   o.marks = marks;
   o.stride = stride;
   o.max_length = max_length;
@@ -316,4 +318,74 @@ TEST_CASE("oracle: a text without BOS (SmolLM2's tokenizer adds none): the first
   check_calls(m, {from(0, {10, 11, 12, 13, 14, L, 60, 61, R}), from(9, {30}), from(10, {31}),
                   from(1, {30, 31, L, 62, 63, R})});
   CHECK(ctx.layout() == std::vector<int64_t>{10, 30, 31, L, 62, 63, R});
+}
+
+TEST_CASE("oracle: doc positions before: the block sits below the input in position, after it in the cache",
+          "[oracle][positions]") {
+  // doc_tokens 3 + 2 marks: the input starts at position 5, the block is
+  // right-aligned below it; the recent tokens continue the input's positions
+  // and the token after a block is predicted from the input's last slot.
+  RecordingModel m;
+  RalmOptions o = options(/*marks=*/true, /*stride=*/2, /*max_length=*/40);
+  o.doc_positions = "before";
+  o.doc_tokens = 3;
+  Run r = generate_with(ContextMode::Append, m, o, one_doc(), 5);
+  const int64_t g0 = next_after(7), g1 = next_after(8), g2 = next_after(9), g3 = next_after(10);
+  using Slots = std::vector<int64_t>;  // (token, position, slot) for each token, flattened
+  const std::vector<Slots> want = {
+      {1, 5, 0, 10, 6, 1, 11, 7, 2, L, 1, 3, 50, 2, 4, 51, 3, 5, R, 4, 6},
+      {g0, 8, 7},
+      {g1, 9, 8},
+      {g0, 8, 3, g1, 9, 4, L, 0, 5, 60, 1, 6, 61, 2, 7, 62, 3, 8, R, 4, 9},
+      {g2, 10, 10},
+      {g3, 11, 11},
+      {g2, 10, 5, g3, 11, 6},  // no document: no block, the input's positions go on
+  };
+  REQUIRE(m.calls.size() == want.size());
+  for (size_t c = 0; c < want.size(); ++c) {
+    INFO("forward " << c);
+    Slots got;
+    for (const Encoded& e : m.calls[c]) got.insert(got.end(), {e.token, e.position, e.slot});
+    CHECK(got == want[c]);
+  }
+  // Each token is predicted from the position before it in the text: as without documents, 5 positions later.
+  CHECK(r.ids == std::vector<int64_t>{g0, g1, g2, g3, next_after(11)});
+  CHECK(r.stats.reencoded_per_place == std::vector<int64_t>{7, 7, 2});  // the paper's counts: s + |block|
+
+  // The functions the contexts and the training examples share.
+  CHECK(layout_positions(ContextMode::Append, DocPositions::Before, 5, 3, 4, 2) ==
+        std::vector<int64_t>{5, 6, 7, 1, 2, 3, 4, 8, 9});
+  CHECK(layout_positions(ContextMode::Append, DocPositions::After, 5, 3, 4, 2) ==
+        std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8});
+  CHECK(layout_positions(ContextMode::Prepend, DocPositions::Before, 5, 3, 4, 2) ==
+        std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8});
+  CHECK(predicting_slot(ContextMode::Append, DocPositions::Before, 3, 4) == 2);
+  CHECK(predicting_slot(ContextMode::Append, DocPositions::Before, 3, 0) == 2);
+  CHECK(predicting_slot(ContextMode::Append, DocPositions::After, 3, 4) == 6);
+  CHECK_THROWS_WITH(layout_positions(ContextMode::Append, DocPositions::Before, 3, 3, 4, 0),
+                    Catch::Contains("does not fit below the input"));
+  const MarkingToken marks(kVocab);
+  TrainingLayout t = training_layout(ContextMode::Append, {1, 10, 11}, {{50, 51}}, {30, 31, 32}, marks, 1,
+                                     DocPositions::Before, 5);
+  CHECK(t.tokens == std::vector<int64_t>{1, 10, 11, L, 50, 51, R, 30, 31, 32});
+  CHECK(t.position_ids == std::vector<int64_t>{5, 6, 7, 1, 2, 3, 4, 8, 9, 10});
+  CHECK(t.target_positions == std::vector<int64_t>{8, 9});  // 30 is predicted from slot 2, with no document in view
+  CHECK_THROWS_WITH(training_layout(ContextMode::Append, {1, 10}, {{50}}, {30}, marks, 1, DocPositions::Before, 5),
+                    Catch::Contains("at least two targets"));
+}
+
+TEST_CASE("oracle: doc positions before: a block larger than the room kept for it is refused", "[oracle][positions]") {
+  RecordingModel m;
+  RalmOptions o = options(/*marks=*/true, /*stride=*/2, /*max_length=*/40);
+  o.doc_positions = "before";
+  o.doc_tokens = 1;  // room for 3 positions; the first document brings 4 with its marks
+  KVCacheStore cache = make_context_cache(m, o);
+  AppendingContext<RecordingModel> ctx(m, cache, MarkingToken(kVocab), o);
+  c10::InferenceMode guard;
+  ctx.reset(kPrompt);
+  CHECK_THROWS_WITH(ctx.place({{50, 51}}), Catch::Contains("positions kept for them before the input"));
+  o.max_length = 62;  // 3 + 62 > the 64 positions of the model
+  KVCacheStore big = m.make_cache(1, 64);
+  CHECK_THROWS_WITH(AppendingContext<RecordingModel>(m, big, MarkingToken(kVocab), o),
+                    Catch::Contains("maximum position"));
 }

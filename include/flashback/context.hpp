@@ -12,8 +12,10 @@
 // input's length. Prepending changes the prefix, so it re-encodes
 // everything: |doc| (+2) + |input|.
 //
-// Slots are positions, contiguous from 0, and every forward passes them
-// explicitly. With kv_reuse = false every step recomputes the whole layout
+// Every forward passes the slots' RoPE positions explicitly: the slots
+// themselves, except that an appended block may sit below the input in
+// position (DocPositions::Before, layout.hpp; the default), where place()
+// predicts the next token from the input's last slot. With kv_reuse = false every step recomputes the whole layout
 // from scratch: the reference that proves the fast path exact.
 //
 // Window policy: the layout may use `max_length` positions. A retrieval needs
@@ -82,6 +84,7 @@ class ContextBase {
     block_.clear();
     recent_.clear();
     layout_.clear();
+    positions_.clear();
     input_in_layout_ = 0;
     encoded_ = 0;
     last_logits_ = at::Tensor();
@@ -104,7 +107,9 @@ class ContextBase {
     const int64_t budget = options_.max_length - static_cast<int64_t>(block_.size()) - options_.stride;
     if (static_cast<int64_t>(input_.size()) > budget && slide_input(budget)) from = std::min<int64_t>(from, 1);
     rebuild_layout();
-    const int64_t encoded = encode_from(from, 1);
+    const int64_t predictor = predicting_slot(options_.mode, options_.doc_positions, input_in_layout_,
+                                              static_cast<int64_t>(block_.size()));
+    const int64_t encoded = encode_from(from, predictor);
     stats_.tokens_reencoded += encoded;
     stats_.reencoded_per_place.push_back(encoded);
     if (!block_.empty()) ++stats_.retrievals;
@@ -123,6 +128,7 @@ class ContextBase {
     if (from + n <= options_.max_length) {
       recent_.insert(recent_.end(), tokens.begin(), tokens.end());
       layout_.insert(layout_.end(), tokens.begin(), tokens.end());
+      update_positions();
     } else {
       // Past the window between retrievals: the tokens appended so far join
       // the input, which slides; the documents stay; the new tokens follow.
@@ -160,6 +166,8 @@ class ContextBase {
   const MarkingToken& marks() const { return marks_; }
   Model& model() const { return *model_; }
   const std::vector<int64_t>& layout() const { return layout_; }
+  // The RoPE position of each slot of layout() (layout.hpp's layout_positions).
+  const std::vector<int64_t>& positions() const { return positions_; }
   // The running token sequence: input (after any slide) + recent.
   std::vector<int64_t> text() const {
     std::vector<int64_t> t = input_;
@@ -178,15 +186,21 @@ class ContextBase {
         cache_(&cache),
         marks_(marks),
         options_(ContextOptions::resolve(mode, options, model.config().max_position_embeddings)) {
-    const int64_t cap = std::min(cache.capacity(), model.config().max_position_embeddings);
-    if (options_.max_length > cap)
+    if (options_.marks && !marks_.present())
+      throw InvalidArgument("marks are on but the model has no marking tokens (add them first)");
+    const int64_t max_positions = model.config().max_position_embeddings;
+    if (options_.max_length > cache.capacity())
+      throw InvalidArgument("max length " + std::to_string(options_.max_length) + " exceeds the cache capacity (" +
+                            std::to_string(cache.capacity()) + ")");
+    if (options_.position_offset + options_.max_length > max_positions)
       throw InvalidArgument("max length " + std::to_string(options_.max_length) +
-                            " exceeds the cache capacity / maximum position (" + std::to_string(cap) + ")");
+                            (options_.position_offset ? " + the documents' " + std::to_string(options_.position_offset) +
+                                                            " positions before the input (doc_positions after needs none)"
+                                                      : std::string()) +
+                            " exceeds the model's maximum position (" + std::to_string(max_positions) + ")");
     if (options_.stride >= options_.max_length)
       throw InvalidArgument("the stride (" + std::to_string(options_.stride) + ") must be below the max length (" +
                             std::to_string(options_.max_length) + ")");
-    if (options_.marks && !marks_.present())
-      throw InvalidArgument("marks are on but the model has no marking tokens (add them first)");
     if (cache.batch() != 1) throw InvalidArgument("a RALM context needs a cache of batch 1");
   }
 
@@ -195,6 +209,10 @@ class ContextBase {
   MarkingToken block_marks() const { return options_.marks ? marks_ : MarkingToken(); }
 
   void check_block_fits(int64_t block) const {
+    if (options_.position_offset > 0 && block > options_.position_offset)
+      throw InvalidArgument("documents of " + std::to_string(block) + " tokens" + (options_.marks ? " (with marks)" : "") +
+                            " exceed the " + std::to_string(options_.position_offset) +
+                            " positions kept for them before the input (k x doc_tokens + marks)");
     if (block + options_.stride + 1 > options_.max_length)
       throw InvalidArgument("documents of " + std::to_string(block) + " tokens" + (options_.marks ? " (with marks)" : "") +
                             " plus the stride of " + std::to_string(options_.stride) +
@@ -204,6 +222,12 @@ class ContextBase {
   void rebuild_layout() {
     layout_ = build_layout(options_.mode, input_, block_, recent_, model_->config().bos_token_id);
     input_in_layout_ = static_cast<int64_t>(input_.size());
+    update_positions();
+  }
+
+  void update_positions() {
+    positions_ = layout_positions(options_.mode, options_.doc_positions, options_.position_offset, input_in_layout_,
+                                  static_cast<int64_t>(block_.size()), static_cast<int64_t>(recent_.size()));
   }
 
   // Keeps input_[0] (the anchor) and the newest tokens: |input| <= keep fraction of
@@ -219,33 +243,47 @@ class ContextBase {
     return true;
   }
 
-  // Encodes layout_[from:] (the whole layout when kv_reuse is off); keeps
-  // the last row's logits. Returns how many tokens went through the model.
-  int64_t encode_from(int64_t from, int64_t rows) {
+  // Encodes layout_[from:] (the whole layout when kv_reuse is off) and keeps
+  // the logits of slot `predictor` as the next prediction. Returns how many
+  // tokens went through the model.
+  int64_t encode_from(int64_t from, int64_t predictor) {
     const int64_t n = static_cast<int64_t>(layout_.size());
-    if (options_.kv_reuse && std::min(from, encoded_) >= n && last_logits_.defined()) return 0;  // nothing new
-    encode_rows(from, rows);
+    if (options_.kv_reuse && std::min(from, encoded_) >= n && last_logits_.defined() && predictor == n - 1)
+      return 0;  // nothing new
+    at::Tensor h = encode_hidden(from, predictor);                                       // [1, n - from, C]
+    last_logits_ = model_->logits(h.select(1, predictor - effective_from_)).squeeze(0);  // [V]
     return n - effective_from_;
   }
 
-  // As encode_from; returns the logits of the last `rows` slots: [rows, V].
+  // Encodes from `from` and returns the logits of the last `rows` slots:
+  // [rows, V]; the last becomes the next prediction.
   at::Tensor encode_rows(int64_t from, int64_t rows) {
     const int64_t n = static_cast<int64_t>(layout_.size());
-    from = std::min({from, encoded_, n - 1});  // at least the last slot, for its logits
+    rows = std::min(rows, n);
+    at::Tensor h = encode_hidden(from, n - rows);                                     // [1, n - from, C]
+    at::Tensor out = model_->logits(h.narrow(1, h.size(1) - rows, rows)).squeeze(0);  // [rows, V]
+    last_logits_ = out.select(0, rows - 1);                                           // [V]
+    return out;
+  }
+
+  // Runs layout_[from:] through the model, from `need` at the latest (the
+  // rows asked for) and from 0 when kv_reuse is off; the cache then holds
+  // the whole layout. Returns the hidden states [1, n - effective_from_, C].
+  at::Tensor encode_hidden(int64_t from, int64_t need) {
+    const int64_t n = static_cast<int64_t>(layout_.size());
+    from = std::min({from, encoded_, need, n - 1});
     if (!options_.kv_reuse) from = 0;
     effective_from_ = from;
     cache_->truncate(std::min(from, cache_->size()));
-    std::vector<int64_t> todo(layout_.begin() + from, layout_.end());
     auto idx = at::TensorOptions().dtype(at::kLong).device(model_->device());
-    at::Tensor ids = at::tensor(todo, at::kLong).view({1, -1}).to(model_->device());  // [1, n - from]
-    at::Tensor positions = at::arange(from, n, idx);                                  // [n - from]: slot = position
-    at::Tensor h = model_->hidden_states(ids, positions, cache_);                     // [1, n - from, C]
-    rows = std::min<int64_t>(rows, n - from);
-    at::Tensor out = model_->logits(h.narrow(1, h.size(1) - rows, rows)).squeeze(0);  // [rows, V]
-    last_logits_ = out.select(0, rows - 1);                                           // [V]
+    at::Tensor ids = at::tensor(std::vector<int64_t>(layout_.begin() + from, layout_.end()), at::kLong)
+                         .view({1, -1}).to(idx.device());                                             // [1, n - from]
+    at::Tensor positions =
+        at::tensor(std::vector<int64_t>(positions_.begin() + from, positions_.end()), at::kLong).to(idx.device());  // [n - from]
+    at::Tensor h = model_->hidden_states(ids, positions, cache_);  // [1, n - from, C]
     encoded_ = n;
     ++stats_.forwards;
-    return out;
+    return h;
   }
 
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -260,6 +298,7 @@ class ContextBase {
   std::vector<int64_t> block_;   // the document block of the last place()
   std::vector<int64_t> recent_;  // appended since the last place()
   std::vector<int64_t> layout_;  // token per cache slot
+  std::vector<int64_t> positions_;  // RoPE position per cache slot
   int64_t input_in_layout_ = 0;  // |input_| when the layout was last built
   int64_t encoded_ = 0;          // layout_[0, encoded_) is valid in the cache
   int64_t effective_from_ = 0;
@@ -303,12 +342,15 @@ std::unique_ptr<ContextBase<Model>> make_context(ContextMode mode, Model& model,
   throw InvalidArgument("unknown context mode");
 }
 
-// A cache sized for contexts over `model` with `options`: exactly max_length
-// slots (the one sizing rule; every mode needs the same).
+// A cache sized for contexts over `model` with `options`: max_length slots,
+// the most any mode resolves to (the one sizing rule).
 template <class Model>
 KVCacheStore make_context_cache(const Model& model, const RalmOptions& options) {
   const int64_t max_positions = model.config().max_position_embeddings;
-  return model.make_cache(1, ContextOptions::resolve(ContextMode::Append, options, max_positions).max_length);
+  int64_t slots = 0;
+  for (ContextMode m : {ContextMode::Append, ContextMode::Prepend, ContextMode::None})
+    slots = std::max(slots, ContextOptions::resolve(m, options, max_positions).max_length);
+  return model.make_cache(1, slots);
 }
 
 }  // namespace flashback

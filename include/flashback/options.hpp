@@ -28,6 +28,7 @@ struct RalmOptions {
   bool kv_reuse = true;
   int64_t max_length = 0;
   double window_keep = 0.5;
+  std::string doc_positions = "before";
 
   void validate() const {
     if (stride < 1) throw InvalidArgument("stride must be >= 1");
@@ -36,6 +37,7 @@ struct RalmOptions {
     if (k < 1) throw InvalidArgument("k must be >= 1");
     if (max_length < 0) throw InvalidArgument("max_length must be >= 0 (0: the default)");
     if (!(window_keep > 0.0 && window_keep <= 1.0)) throw InvalidArgument("window_keep must be in (0, 1]");
+    parse_doc_positions(doc_positions);
   }
 };
 
@@ -53,10 +55,14 @@ inline const std::vector<OptionDoc>& ralm_option_docs() {
       {"marks", "bracket the documents with <MARK_L> ... <MARK_R> (never in mode none) [on]"},
       {"kv_reuse", "keep the cache across retrievals; off recomputes the whole layout at every step, "
                    "the exactness reference [on]"},
-      {"max_length", "positions the layout may use; 0: 512 (the paper's), or the model's maximum when smaller; "
-                     "the KV cache holds exactly this many [0]"},
+      {"max_length", "tokens the layout may hold; 0: 512 (the paper's), or fewer when the model's maximum position "
+                     "(less the documents' room with doc_positions before) is smaller; the KV cache holds exactly "
+                     "this many [0]"},
       {"window_keep", "when the input no longer fits, the fraction of its budget kept (the first token and the newest) "
                       "[0.5]"},
+      {"doc_positions", "where RoPE puts appended documents: 'before' the input, at the positions a prepended "
+                        "block would take (the token after the block is then predicted from the input's end), or "
+                        "'after' it, at their slots (the paper's layout) [before]"},
   };
   return docs;
 }
@@ -70,7 +76,9 @@ inline const char* ralm_option_help(const std::string& name) {
 // What a context of one mode runs with, resolved from RalmOptions. The one
 // place of these rules: mode none has no marks; max_length 0 means
 // min(512, the model's maximum position); the room kept after the documents
-// is the stride.
+// is the stride; with the block before the input in position, the input
+// starts at the position offset k x doc_tokens (+ 2 marks) and the default
+// max_length leaves room for it below the model's maximum.
 struct ContextOptions {
   ContextMode mode = ContextMode::Append;
   bool marks = true;
@@ -78,6 +86,8 @@ struct ContextOptions {
   int64_t max_length = kDefaultMaxLength;
   int64_t stride = 16;
   double window_keep = 0.5;
+  DocPositions doc_positions = DocPositions::Before;
+  int64_t position_offset = 0;  // the input's first position (before: the largest block)
 
   bool retrieves() const { return mode != ContextMode::None; }
 
@@ -87,7 +97,10 @@ struct ContextOptions {
     c.mode = mode;
     c.marks = o.marks && mode != ContextMode::None;
     c.kv_reuse = o.kv_reuse;
-    c.max_length = o.max_length > 0 ? o.max_length : std::min(kDefaultMaxLength, max_positions);
+    c.doc_positions = parse_doc_positions(o.doc_positions);
+    c.position_offset = block_before_input(mode, c.doc_positions) ? o.k * o.doc_tokens + (c.marks ? 2 : 0) : 0;
+    c.max_length = o.max_length > 0 ? o.max_length
+                                    : std::min(kDefaultMaxLength, std::max<int64_t>(1, max_positions - c.position_offset));
     c.stride = o.stride;
     c.window_keep = o.window_keep;
     return c;

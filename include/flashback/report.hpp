@@ -5,6 +5,7 @@
 #include <string>
 
 #include "flashback/context.hpp"
+#include "flashback/documents.hpp"
 #include "flashback/evaluate.hpp"
 #include "flashback/retrieval/retriever.hpp"
 
@@ -21,5 +22,9 @@ std::string to_json(const EvalResult& result);
 // [{"id", "title", "text", "score", "document"}, ...], best first (invalid
 // UTF-8 replaced).
 std::string to_json(const std::vector<Passage>& passages);
+
+// The retrievals of a run, in order: [{"position" (tokens of text before it),
+// "query", "titles", "scores"}, ...] (RetrievedDocuments::history()).
+std::string to_json(const std::vector<RetrievalRecord>& history);
 
 }  // namespace flashback

@@ -48,6 +48,7 @@ void bind_contexts(py::module_& m) {
              return c.context->append(tokens, all_rows);
            }, py::arg("tokens"), py::arg("all_rows") = false, release_gil())
       .def("layout", [](OwnedContext& c) { return c.context->layout(); })
+      .def("positions", [](OwnedContext& c) { return c.context->positions(); })
       .def("text", [](OwnedContext& c) { return c.context->text(); })
       .def("stats", [](OwnedContext& c) { return from_json(to_json(c.context->stats())); })
       .def_property_readonly("options", [](OwnedContext& c) { return c.context->options(); })
@@ -62,6 +63,10 @@ void bind_contexts(py::module_& m) {
   py::class_<RetrievedDocuments, DocumentSource, std::shared_ptr<RetrievedDocuments>>(m, "RetrievedDocuments")
       .def(py::init<Retriever&, const Tokenizer&, const RalmOptions&>(), py::arg("retriever"), py::arg("tokenizer"),
            py::arg("options"), py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
+      .def("keep_history", &RetrievedDocuments::keep_history, py::arg("on"),
+           "record every retrieval (position, query, passages) from now on")
+      .def_property_readonly("history", [](const RetrievedDocuments& d) { return from_json(to_json(d.history())); },
+                             "[{position, query, titles, scores}] of the retrievals recorded, in order")
       .def_property_readonly("last_query", &RetrievedDocuments::last_query)
       .def_property_readonly("last_documents", [](const RetrievedDocuments& d) {
         std::vector<std::string> out;
@@ -104,12 +109,13 @@ void bind_contexts(py::module_& m) {
 
   m.def("training_layout", [](const std::string& mode, const std::vector<int64_t>& input,
                               const std::vector<std::vector<int64_t>>& docs, const std::vector<int64_t>& targets,
-                              int64_t mark_left, int64_t bos_id) {
-          TrainingLayout t = training_layout(parse_context_mode(mode), input, docs, targets, marks_from(mark_left), bos_id);
-          return py::make_tuple(t.tokens, t.target_positions);
+                              int64_t mark_left, int64_t bos_id, const std::string& doc_positions, int64_t offset) {
+          TrainingLayout t = training_layout(parse_context_mode(mode), input, docs, targets, marks_from(mark_left), bos_id,
+                                             parse_doc_positions(doc_positions), offset);
+          return py::make_tuple(t.tokens, t.target_positions, t.position_ids);
         }, py::arg("mode"), py::arg("input"), py::arg("docs"), py::arg("targets"), py::arg("mark_left"),
-        py::arg("bos_id"),
-        "(tokens, target positions) of one training example, laid out as the contexts lay out inference");
+        py::arg("bos_id"), py::arg("doc_positions") = "after", py::arg("position_offset") = 0,
+        "(tokens, target slots, position ids) of one training example, laid out as the contexts lay out inference");
 }
 
 }  // namespace flashback::python

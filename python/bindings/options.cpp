@@ -26,6 +26,7 @@ void bind_options(py::module_& m) {
   field(ro, "kv_reuse", &RalmOptions::kv_reuse);
   field(ro, "max_length", &RalmOptions::max_length);
   field(ro, "window_keep", &RalmOptions::window_keep);
+  field(ro, "doc_positions", &RalmOptions::doc_positions);
   ro.def("validate", &RalmOptions::validate);
   ro.def_property_readonly_static("fields", [](py::object) {
     py::list names;
@@ -54,6 +55,8 @@ void bind_options(py::module_& m) {
       .def_readonly("max_length", &ContextOptions::max_length)
       .def_readonly("stride", &ContextOptions::stride)
       .def_readonly("window_keep", &ContextOptions::window_keep)
+      .def_property_readonly("doc_positions", [](const ContextOptions& c) { return doc_positions_name(c.doc_positions); })
+      .def_readonly("position_offset", &ContextOptions::position_offset, "the input's first RoPE position")
       .def_property_readonly("retrieves", &ContextOptions::retrieves);
   m.def("resolve_options", [](const std::string& mode, const RalmOptions& o, int64_t max_positions) {
           return ContextOptions::resolve(parse_context_mode(mode), o, max_positions);

@@ -20,10 +20,18 @@ class RalmOptions:
     """
     Retrieval-augmented generation and evaluation options (the paper's defaults).
     """
-    fields: typing.ClassVar[list] = ['stride', 'query_tokens', 'doc_tokens', 'k', 'marks', 'kv_reuse', 'max_length', 'window_keep']
+    fields: typing.ClassVar[list] = ['stride', 'query_tokens', 'doc_tokens', 'k', 'marks', 'kv_reuse', 'max_length', 'window_keep', 'doc_positions']
     def __init__(self) -> None:
         ...
     def validate(self) -> None:
+        ...
+    @property
+    def doc_positions(self) -> str:
+        """
+        where RoPE puts appended documents: 'before' the input, at the positions a prepended block would take (the token after the block is then predicted from the input's end), or 'after' it, at their slots (the paper's layout) [before]
+        """
+    @doc_positions.setter
+    def doc_positions(self, arg0: str) -> None:
         ...
     @property
     def doc_tokens(self) -> int:
@@ -60,7 +68,7 @@ class RalmOptions:
     @property
     def max_length(self) -> int:
         """
-        positions the layout may use; 0: 512 (the paper's), or the model's maximum when smaller; the KV cache holds exactly this many [0]
+        tokens the layout may hold; 0: 512 (the paper's), or fewer when the model's maximum position (less the documents' room with doc_positions before) is smaller; the KV cache holds exactly this many [0]
         """
     @max_length.setter
     def max_length(self, arg0: int) -> None:
@@ -140,6 +148,9 @@ class ContextOptions:
     What a context runs with, resolved from RalmOptions for its mode.
     """
     @property
+    def doc_positions(self) -> str:
+        ...
+    @property
     def kv_reuse(self) -> bool:
         ...
     @property
@@ -151,6 +162,11 @@ class ContextOptions:
     @property
     def mode(self) -> str:
         ...
+    @property
+    def position_offset(self) -> int:
+        """
+        the input's first RoPE position
+        """
     @property
     def retrieves(self) -> bool:
         ...
@@ -311,6 +327,8 @@ class Context:
         """
         places the documents; returns the logits after the layout's last slot [V]
         """
+    def positions(self) -> list[int]:
+        ...
     def reset(self, input: list[int]) -> None:
         ...
     def stats(self) -> typing.Any:
@@ -333,6 +351,15 @@ class DocumentSource:
 class RetrievedDocuments(DocumentSource):
     def __init__(self, retriever: Retriever, tokenizer: Tokenizer, options: RalmOptions) -> None:
         ...
+    def keep_history(self, on: bool) -> None:
+        """
+        record every retrieval (position, query, passages) from now on
+        """
+    @property
+    def history(self) -> typing.Any:
+        """
+        [{position, query, titles, scores}] of the retrievals recorded, in order
+        """
     @property
     def last_documents(self) -> list[str]:
         ...
@@ -414,9 +441,9 @@ def shipped_adapter_dirs(extra: list[str] = []) -> list[str]:
     ...
 def supports_dtype(arg0: str, arg1: str) -> bool:
     ...
-def training_layout(mode: str, input: list[int], docs: list[list[int]], targets: list[int], mark_left: int, bos_id: int) -> tuple:
+def training_layout(mode: str, input: list[int], docs: list[list[int]], targets: list[int], mark_left: int, bos_id: int, doc_positions: str = 'after', position_offset: int = 0) -> tuple:
     """
-    (tokens, target positions) of one training example, laid out as the contexts lay out inference
+    (tokens, target slots, position ids) of one training example, laid out as the contexts lay out inference
     """
 def wikitext_articles(path: str) -> list:
     """

@@ -38,6 +38,7 @@ class DataConfig:
     doc_tokens: int = _RALM.doc_tokens       # the document is cut to 128 tokens
     max_length: int = _C.DEFAULT_MAX_LENGTH  # BOS + context + document block + target (512)
     min_context: int = 1                     # at least this many context tokens
+    doc_positions: str = _RALM.doc_positions  # where RoPE puts an appended document ("before" / "after" the input)
     seed: int = 0
 
     def validate(self) -> None:
@@ -51,7 +52,7 @@ class DataConfig:
         """The inference options these examples mirror (top-1 retrieval)."""
         o = _C.RalmOptions()
         o.marks, o.query_tokens, o.doc_tokens, o.k = self.marks, self.query_tokens, self.doc_tokens, 1
-        o.stride, o.max_length = self.stride, self.max_length
+        o.stride, o.max_length, o.doc_positions = self.stride, self.max_length, self.doc_positions
         return o
 
     def context_options(self) -> "_C.ContextOptions":
@@ -65,6 +66,7 @@ class Example:
     input_ids: List[int]   # the layout
     labels: List[int]      # HF's convention: input_ids on the target tokens, IGNORE_INDEX elsewhere
     document: str = ""     # the retrieved passage (for inspection)
+    position_ids: Optional[List[int]] = None  # RoPE positions (None: 0..T-1)
 
 
 def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConfig, *,
@@ -84,10 +86,14 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
         raise ValueError("config.marks needs the model's marking tokens (mark_left)")
     mark = mark_left if resolved.marks else -1
     bos = tokenizer.bos_id
+
+    def layout(context, docs, target):
+        return _C.training_layout(config.layout, context, docs, target, mark, bos, resolved.doc_positions,
+                                  resolved.position_offset)
+
     prefix = [bos_id] if bos_id is not None else ([bos] if tokenizer.adds_bos else [])
     # The largest example (the longest document, the fewest context tokens) must fit max_length.
-    largest = _C.training_layout(config.layout, prefix + [0] * config.min_context, [[0] * config.doc_tokens],
-                                 [0] * config.target_tokens, mark, bos)[0]
+    largest = layout(prefix + [0] * config.min_context, [[0] * config.doc_tokens], [0] * config.target_tokens)[0]
     if len(largest) > config.max_length:
         raise ValueError(f"max_length {config.max_length} leaves no room for BOS + {config.min_context} context "
                          f"tokens + a {config.doc_tokens}-token document (with its marks) + {config.target_tokens} "
@@ -110,15 +116,16 @@ def build_examples(stream: Sequence[int], tokenizer, retriever, config: DataConf
         target = stream[p:p + config.target_tokens]
         docs = source.documents(stream[p - config.query_tokens:p]) if source is not None else []
         # With one context token: the room left is the most context that fits.
-        probe, _ = _C.training_layout(config.layout, prefix + [0], docs, target, mark, bos)
+        probe = layout(prefix + [0], docs, target)[0]
         room = config.max_length - len(probe) + 1
         ctx_len = rng.randint(config.min_context, min(room, p))
-        ids, positions = _C.training_layout(config.layout, prefix + stream[p - ctx_len:p], docs, target, mark, bos)
+        ids, scored, position_ids = layout(prefix + stream[p - ctx_len:p], docs, target)
         labels = [IGNORE_INDEX] * len(ids)
-        for q in positions:
+        for q in scored:
             labels[q] = ids[q]
         text = source.last_documents[0] if source is not None and docs else ""
-        out.append(Example(ids, labels, text))
+        plain = position_ids == list(range(len(ids)))
+        out.append(Example(ids, labels, text, None if plain else position_ids))
         if progress:
             progress(n + 1, len(starts))
     return out
@@ -141,3 +148,18 @@ def collate(examples: Sequence[Example], pad_id: int = 0) -> tuple:
         ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
         labels[b, :len(e.labels)] = torch.tensor(e.labels, dtype=torch.long)
     return ids, labels
+
+
+def collate_positions(examples: Sequence[Example]) -> Optional[torch.Tensor]:
+    """The RoPE positions [B, T] of a batch collate() pads (padding continues each row's last position),
+    or None when every example uses 0..T-1."""
+    if all(e.position_ids is None for e in examples):
+        return None
+    t = max(len(e.input_ids) for e in examples)
+    out = torch.arange(t, dtype=torch.long).repeat(len(examples), 1)
+    for b, e in enumerate(examples):
+        if e.position_ids is not None:
+            n = len(e.position_ids)
+            out[b, :n] = torch.tensor(e.position_ids, dtype=torch.long)
+            out[b, n:] = torch.arange(1, t - n + 1) + e.position_ids[-1]
+    return out

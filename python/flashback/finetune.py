@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .data import DataConfig, Example, build_examples, collate
+from .data import DataConfig, Example, build_examples, collate, collate_positions
 from .io import atomic_directory, write_text_atomic
 from .loss import IGNORE_INDEX
 from .modeling import LlamaForCausalLM, LoraConfig
@@ -102,7 +102,7 @@ def evaluate_loss(model: LlamaForCausalLM, examples: Sequence[Example], batch_si
         chunk = examples[i:i + batch_size]
         ids, labels = collate(chunk)
         n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-        total += float(model(ids, labels=labels, loss="target").loss) * n
+        total += float(model(ids, collate_positions(chunk), labels=labels, loss="target").loss) * n
         count += n
     model.train(was)
     return total / max(1, count)
@@ -185,11 +185,12 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         for a in range(cfg.grad_accum):
-            ids, labels = collate([train_examples[i] for i in mine[a * micro:(a + 1) * micro]])
+            chunk = [train_examples[i] for i in mine[a * micro:(a + 1) * micro]]
+            ids, labels = collate(chunk)
             sync = a == cfg.grad_accum - 1 or world == 1
             ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
-                loss = net(ids, labels=labels, loss="target").loss / cfg.grad_accum
+                loss = net(ids, collate_positions(chunk), labels=labels, loss="target").loss / cfg.grad_accum
                 loss.backward()
             step_loss += float(loss)
         if world > 1:
@@ -259,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--target-tokens", type=int, default=data.target_tokens)
     ap.add_argument("--query-tokens", type=int, default=data.query_tokens)
     ap.add_argument("--doc-tokens", type=int, default=data.doc_tokens)
+    ap.add_argument("--doc-positions", choices=["before", "after"], default=data.doc_positions,
+                    help="where RoPE puts an appended document (as ralm --doc-positions)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--quiet", action="store_true")
@@ -277,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     retriever = ralm.open_index(args.index, forbidden_titles=args.forbidden_titles or None)
     dc = DataConfig(layout=args.layout, marks=marks, stride=args.stride, target_tokens=args.target_tokens,
                     query_tokens=args.query_tokens, doc_tokens=args.doc_tokens, max_length=args.max_length,
-                    seed=args.seed)
+                    doc_positions=args.doc_positions, seed=args.seed)
     tok = model.tokenizer
 
     def examples(path: str, limit: Optional[int]) -> List[Example]:

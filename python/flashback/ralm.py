@@ -89,7 +89,8 @@ class Context:
 
     def place(self, docs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Places tokenised documents (replacing the previous ones) and returns the
-        logits [V] after the layout's last slot. The input's cache is kept in
+        logits [V] for the next token: after the layout's last slot (with doc_positions="before" and a block,
+        after the input's last slot). The input's cache is kept in
         append mode; prepend recomputes everything."""
         return self._ctx.place([[int(t) for t in d] for d in docs])
 
@@ -100,6 +101,11 @@ class Context:
     def layout(self) -> List[int]:
         """The token ids in cache slot order."""
         return self._ctx.layout()
+
+    def positions(self) -> List[int]:
+        """The RoPE position of each slot of layout(): the slots themselves, except that with
+        doc_positions="before" (the default) an appended block sits below the input in position."""
+        return self._ctx.positions()
 
     def text(self) -> List[int]:
         """The text so far (input and recent tokens, no documents)."""
@@ -130,7 +136,8 @@ def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], promp
     """RALM generation in the C++ loop (the one `flashback ralm` runs): retrieves every `stride` tokens
     (query = the last `query_tokens` tokens), places the top-k documents by `mode`, samples. Unset sampling
     arguments keep the C++ defaults (SamplingOptions: greedy; GenerateOptions: stop at EOS), as the CLI's
-    flags do. Other keywords are RalmOptions fields. Returns (generated ids, stats)."""
+    flags do. Other keywords are RalmOptions fields. Returns (generated ids, stats); stats["retrieved"]
+    lists each retrieval's position, query, titles and scores."""
     o = ralm_options(options, **kwargs)
     ctx = Context(model, mode, o)
     g = _C.GenerateOptions()
@@ -143,8 +150,14 @@ def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], promp
             setattr(s, name, value)
     s.validate()
     g.sampling = s
+    source = documents(model, retriever, o)
+    if isinstance(source, _C.RetrievedDocuments):
+        source.keep_history(True)
     with _eval_mode(model):
-        return _C.generate(ctx.raw, documents(model, retriever, o), _ids(model, prompt), g)
+        ids, stats = _C.generate(ctx.raw, source, _ids(model, prompt), g)
+    # each retrieval's titles and scores, as `flashback ralm --json` lists them
+    stats["retrieved"] = source.history if isinstance(source, _C.RetrievedDocuments) and ctx.options.retrieves else []
+    return ids, stats
 
 
 def evaluate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], text: Union[str, Sequence[int]], *,

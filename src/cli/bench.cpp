@@ -63,6 +63,7 @@ RunResult run_mode(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& 
   RalmOptions o;
   o.stride = a.stride;
   o.max_length = a.capacity();
+  o.doc_tokens = a.doc;  // the room kept below the input (doc_positions before) fits the bench's documents
   o.window_keep = 1.0;
   o.marks = mode == ContextMode::Append;
   auto ctx = make_context(mode, model, cache, MarkingToken(V), o);

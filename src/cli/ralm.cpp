@@ -20,23 +20,6 @@ struct Args : RalmArgs {
   bool verbose = false;
 };
 
-// The retrievals of one generation: JSON records, and lines for --verbose.
-nlohmann::ordered_json retrievals_json(const std::vector<RetrievalRecord>& history) {
-  nlohmann::ordered_json out = nlohmann::ordered_json::array();
-  for (const RetrievalRecord& r : history) {
-    nlohmann::ordered_json j, titles = nlohmann::ordered_json::array(), scores = nlohmann::ordered_json::array();
-    for (const Passage& p : r.passages) {
-      titles.push_back(p.title);
-      scores.push_back(p.score);
-    }
-    j["position"] = r.position;
-    j["query"] = r.query;
-    j["titles"] = titles;
-    j["scores"] = scores;
-    out.push_back(j);
-  }
-  return out;
-}
 
 void print_retrievals(const std::vector<RetrievalRecord>& history) {
   for (const RetrievalRecord& r : history) {
@@ -73,7 +56,7 @@ ContextStats run_mode(const Args& a, ContextMode mode, RalmSetup& s, bool header
     j["ids"] = r.ids;
     j["text"] = text;
     j["stats"] = nlohmann::ordered_json::parse(to_json(r.stats));
-    j["retrievals"] = retrievals_json(history);
+    j["retrievals"] = nlohmann::ordered_json::parse(to_json(history));
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::fprintf(stderr,

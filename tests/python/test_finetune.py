@@ -51,17 +51,25 @@ def test_examples_follow_the_paper(data):
     lengths = set()
     for e in ex:
         assert len(e.input_ids) <= 256 and e.input_ids[0] == 1
-        scored = [i for i, l in enumerate(e.labels) if l != IGNORE_INDEX]  # HF's labels: the target tokens themselves
-        assert scored == list(range(len(e.input_ids) - 16, len(e.input_ids)))
-        assert [e.labels[i] for i in scored] == e.input_ids[-16:]
+        # HF's labels: the target tokens themselves; with the block below the input in position (the default)
+        # the first target is predicted from the input's end, with no document in view: not a target here
+        scored = [i for i, l in enumerate(e.labels) if l != IGNORE_INDEX]
+        assert scored == list(range(len(e.input_ids) - 15, len(e.input_ids)))
+        assert [e.labels[i] for i in scored] == e.input_ids[-15:]
         ml = e.input_ids.index(512)
         mr = e.input_ids.index(513)
         assert 0 < mr - ml - 1 <= 128 and mr == len(e.input_ids) - 17  # append: the block right before the target
+        # positions, written out: the input from 130 (128 + 2 marks), the block just below, the targets after the input
+        n_block = mr - ml + 1
+        assert e.position_ids == ([130 + i for i in range(ml)] + list(range(130 - n_block, 130)) +
+                                  [130 + ml + i for i in range(16)])
         assert e.document
         lengths.add(ml)
     assert len(lengths) > 5  # random context lengths
     pre = examples(data, m, layout="prepend")
-    assert all(e.input_ids[1] == 512 for e in pre)
+    assert all(e.input_ids[1] == 512 and e.position_ids is None for e in pre)
+    paper = examples(data, m, doc_positions="after")  # the paper's layout: slot = position, 16 targets
+    assert all(e.position_ids is None and e.labels[-16:] == e.input_ids[-16:] for e in paper)
     nomarks = examples(data, m, marks=False)
     assert all(512 not in e.input_ids and 513 not in e.input_ids for e in nomarks)
     # the no-retrieval control: no document and no marks, though marks are asked for (the C++ rule)

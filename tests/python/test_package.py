@@ -297,12 +297,16 @@ def test_context_layout_matches_training_layout(tmp_path):
                          doc_tokens=len(doc))
         ex = build_examples(stream, m.tokenizer, OneDoc(), cfg, mark_left=m.mark_left)[0]
         assert ex.document == "The cat sat on the mat. It was a sunny day."
-        ctx = flashback.Context(m, layout, stride=16)
+        ctx = flashback.Context(m, layout, stride=16, doc_tokens=len(doc))  # the same room before the input
         ctx.reset([1] + stream[:40])  # room for exactly 40 context tokens: the first 40
         ctx.place([doc])
         ctx.append(ex.input_ids[-16:], all_rows=True)
         assert ctx.layout() == ex.input_ids, layout
-        assert ex.labels[-16:] == ex.input_ids[-16:] and set(ex.labels[:-16]) == {IGNORE_INDEX}
+        # the positions the context runs at are the example's (append: the block below the input in position)
+        assert ctx.positions() == (ex.position_ids or list(range(len(ex.input_ids)))), layout
+        # append, doc positions before: the first target is predicted from the input's end, not the block's
+        n = 15 if layout == "append" else 16
+        assert ex.labels[-n:] == ex.input_ids[-n:] and set(ex.labels[:-n]) == {IGNORE_INDEX}
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -383,10 +387,10 @@ def test_one_options_vocabulary_with_the_cli():
     """RalmOptions' fields are the CLI's flags, with the same help text and defaults: one vocabulary."""
     from fbtest import find_cli
     o = flashback.RalmOptions()
-    assert (o.stride, o.query_tokens, o.doc_tokens, o.k, o.marks, o.kv_reuse, o.max_length, o.window_keep) == \
-        (16, 32, 128, 1, True, True, 0, 0.5)
+    assert (o.stride, o.query_tokens, o.doc_tokens, o.k, o.marks, o.kv_reuse, o.max_length, o.window_keep,
+            o.doc_positions) == (16, 32, 128, 1, True, True, 0, 0.5, "before")
     assert flashback.RalmOptions.fields == ["stride", "query_tokens", "doc_tokens", "k", "marks", "kv_reuse",
-                                            "max_length", "window_keep"]
+                                            "max_length", "window_keep", "doc_positions"]
     for command in ("ralm", "eval"):
         text = " ".join(subprocess.run([str(find_cli()), command, "--help"], capture_output=True,
                                        text=True).stdout.split())
@@ -413,6 +417,10 @@ def test_contexts_size_their_cache_like_the_cli():
     assert none.raw.cache_capacity() == 100 and none.options.marks is False and none.mode == "none"
     with pytest.raises(flashback.InvalidArgument, match="exceeds"):
         flashback.Context(model(64), "none", max_length=100)
+    # appended documents before the input in position need their room below the model's maximum
+    with pytest.raises(flashback.InvalidArgument, match="positions before the input .* maximum position"):
+        flashback.Context(model(64), "append", marks=False)
+    assert flashback.Context(model(64), "append", marks=False, doc_positions="after").options.max_length == 64
 
 
 def test_atomic_directory_from_python(tmp_path):

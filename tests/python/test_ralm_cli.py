@@ -78,8 +78,12 @@ def test_bad_input(data, tmp_path):
     fails("ralm", *base, "--mode", "append", contains=["--index is required"])
     fails("ralm", *base, "--index", tmp_path / "nope", contains=["nope"])
     fails("ralm", *base, "--index", data / "index", "--mode", "sideways", contains=["unknown mode 'sideways'"])
+    # documents too long: for the room kept below the input (the default positions) / for the window (the paper's)
     fails("ralm", *base, "--index", data / "index", "--doc-tokens", "600",
+          contains=["602 positions before the input", "maximum position (512)"])
+    fails("ralm", *base, "--index", data / "index", "--doc-tokens", "600", "--doc-positions", "after",
           contains=["leave no room for the input"])
+    fails("ralm", *base, "--index", data / "index", "--doc-positions", "sideways", contains=["unknown doc positions 'sideways'"])
     fails("ralm", *base, "--index", data / "index", "--max-length", "4096", contains=["exceeds"])
     empty = tmp_path / "empty.txt"
     empty.write_text("")
