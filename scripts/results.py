@@ -61,6 +61,8 @@ ABLATIONS = {
     "append + marks + LoRA, r=8": ("append", True, QKVO, 8, "before"),
     "append + marks + LoRA, r=64": ("append", True, QKVO, 64, "before"),
 }
+# --ablations takes these short names
+ABLATION_KEYS = dict(zip(("after", "all-linear", "r8", "r64"), ABLATIONS))
 # The table's rows, in order (ablations with --ablation-ppl follow).
 TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's)",
          "append + marks, positions after (the paper's)", "append + marks", "append + marks + LoRA",
@@ -134,7 +136,8 @@ class Experiment:
         return LlamaForCausalLM.from_pretrained(self.model_path, marks=marks, dtype="float32", default_adapter=False)
 
     # ---------------------------------------------------------------- perplexity rows
-    def row(self, name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before") -> Dict:
+    def row(self, name: str, mode: str, marks: bool, run: Optional[Dict] = None,
+            positions: str = "before") -> Optional[Dict]:
         tokens = self.args.score_tokens
         ids = self.eval_ids[:tokens] if tokens else self.eval_ids
         key = key_of([self.fingerprint, ids, mode, marks, run["key"] if run else None] +
@@ -144,6 +147,8 @@ class Experiment:
             r = json.loads(path.read_text())
             log(f"{name}: ppl {r['ppl']:.4f} (cached)")
             return r
+        if self.args.report_only:
+            return None
         model = self.load()
         if run:
             model.load_adapter(run["dir"] / "adapter", merge=True)
@@ -171,7 +176,7 @@ class Experiment:
         return row
 
     # ---------------------------------------------------------------- fine-tuning
-    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str) -> Dict:
+    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str) -> Optional[Dict]:
         a = self.args
         settings = {"fingerprint": self.fingerprint, "layout": layout, "marks": marks, "targets": list(targets), "r": r,
                     "alpha": 2 * r, "dropout": 0.05, "steps": a.steps, "batch": a.batch_size, "lr": a.lr,
@@ -186,6 +191,8 @@ class Experiment:
             run["history"] = json.loads((d / "history.json").read_text())
             log(f"fine-tuning {name}: done (cached)")
             return run
+        if self.args.report_only:
+            return None
         torch.manual_seed(a.seed)
         model = self.load()
         model.requires_grad_(False)
@@ -239,55 +246,74 @@ def main() -> int:
     ap.add_argument("--train-max-length", type=int, default=512)
     ap.add_argument("--eval-examples", type=int, default=32, help="held-out examples of the loss curves")
     ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--ablations", default=",".join(ABLATIONS), help="comma list ('' none)")
+    ap.add_argument("--ablations", default=",".join(ABLATION_KEYS),
+                    help="comma list of " + ", ".join(f"{k} ({n})" for k, n in ABLATION_KEYS.items()) + "; '' for none")
     ap.add_argument("--ablation-ppl", action="store_true", help="also score each ablation's perplexity")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--ship", action="store_true", help="export the best append+marks adapter to adapters/")
+    ap.add_argument("--report-only", action="store_true",
+                    help="compute nothing: write docs/results.* from what the cache holds (pending rows marked)")
     args = ap.parse_args()
     flashback.set_num_threads(args.threads)
     ex = Experiment(args)
 
     # The work in order of what the bar needs first (every result is cached, so an interrupted run resumes);
-    # the table lists the rows in TABLE order.
+    # the table lists the rows in TABLE order and is rewritten after each step, pending rows marked.
     runs, by = {}, {}
-
-    def main_run(name: str) -> None:
-        layout, marks, targets, r, positions = MAIN[name]
-        runs[name] = ex.train(name, layout, marks, targets, r, positions)
-        by[name] = ex.row(name, layout, marks, runs[name], positions)
-
-    by["none (no retrieval)"] = ex.row("none (no retrieval)", "none", False)
-    main_run("append + marks + LoRA")
-    if args.ship:
-        ship(ex, runs, list(by.values()))
-    main_run("prepend + LoRA")
-    main_run("none + LoRA (control)")
-    by["prepend"] = ex.row("prepend", "prepend", False)
-    by["append + marks"] = ex.row("append + marks", "append", True)
-    by["append, positions after (the paper's)"] = ex.row("append, positions after (the paper's)", "append", False,
-                                                          positions="after")
-    by["append + marks, positions after (the paper's)"] = ex.row("append + marks, positions after (the paper's)",
-                                                                  "append", True, positions="after")
-    ablations = [a for a in args.ablations.split(",") if a]
-    for name in ablations:
-        if name not in ABLATIONS:
-            raise SystemExit(f"results: unknown ablation {name!r} (ablations: {', '.join(ABLATIONS)})")
-        layout, marks, targets, r, positions = ABLATIONS[name]
-        runs[name] = ex.train(name, layout, marks, targets, r, positions)
-        if args.ablation_ppl:
-            by[name] = ex.row(name, layout, marks, runs[name], positions)
-    rows = [by[n] for n in TABLE if n in by] + [r for n, r in by.items() if n not in TABLE]
-
     docs = Path(args.docs)
-    report = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
-              "rows": rows, "curves": {n: r["history"] for n, r in runs.items()},
-              "settings": {n: r["settings"] for n, r in runs.items()}, "seconds": time.time() - T0}
-    write_text_atomic(docs / "results.json", json.dumps(report, indent=1) + "\n")
-    plot(report["curves"], docs / "results_curves.png")
-    write_markdown(report, docs / "results.md")
-    if args.ship:
-        ship(ex, runs, rows)
+    keys = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    unknown = [k for k in keys if k not in ABLATION_KEYS]
+    if unknown:
+        raise SystemExit(f"results: unknown ablation {unknown[0]!r} (ablations: {', '.join(ABLATION_KEYS)})")
+    ablations = [ABLATION_KEYS[k] for k in keys]
+
+    def report() -> None:
+        rows = [by[n] for n in TABLE if n in by] + [r for n, r in by.items() if n not in TABLE]
+        pending = [n for n in TABLE if n not in by] + [n for n in ablations if n not in runs]
+        rep = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
+               "rows": rows, "pending": pending, "curves": {n: r["history"] for n, r in runs.items()},
+               "settings": {n: r["settings"] for n, r in runs.items()},
+               # the work the cache holds, whenever it was done
+               "seconds": sum(r["wall_seconds"] for r in rows) +
+                          sum(max((h.get("seconds", 0) for h in r["history"]), default=0) for r in runs.values())}
+        write_text_atomic(docs / "results.json", json.dumps(rep, indent=1) + "\n")
+        if runs:
+            plot(rep["curves"], docs / "results_curves.png")
+        write_markdown(rep, docs / "results.md")
+
+    def row(name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before") -> None:
+        if run is None and mode != "none" and "LoRA" in name:
+            return  # its fine-tuning is not done (--report-only)
+        r = ex.row(name, mode, marks, run, positions)
+        if r is not None:
+            by[name] = r
+            report()
+
+    def train(name: str, spec) -> None:
+        layout, marks, targets, r, positions = spec
+        got = ex.train(name, layout, marks, targets, r, positions)
+        if got is not None:
+            runs[name] = got
+            report()
+
+    row("none (no retrieval)", "none", False)
+    for name in MAIN:
+        train(name, MAIN[name])
+        row(name, MAIN[name][0], MAIN[name][1], runs.get(name), MAIN[name][4])
+        if args.ship and name in runs and name == "append + marks + LoRA":
+            ship(ex, runs, list(by.values()))
+    row("prepend", "prepend", False)
+    row("append + marks", "append", True)
+    row("append, positions after (the paper's)", "append", False, positions="after")
+    row("append + marks, positions after (the paper's)", "append", True, positions="after")
+    for name in ablations:
+        train(name, ABLATIONS[name])
+        if args.ablation_ppl:
+            row(name, ABLATIONS[name][0], ABLATIONS[name][1], runs.get(name), ABLATIONS[name][4])
+    report()
+    if args.ship and runs:
+        ship(ex, runs, list(by.values()))
     log(f"wrote {docs / 'results.md'}, results.json, results_curves.png ({(time.time() - T0) / 60:.0f} min)")
     return 0
 
@@ -381,6 +407,7 @@ def plot(curves: Dict, path: Path) -> None:
 
 def write_markdown(rep: Dict, path: Path) -> None:
     rows, a, split = rep["rows"], rep["args"], rep["split"]
+    pending = rep.get("pending", [])
     by = {r["setting"]: r for r in rows}
     none = by["none (no retrieval)"]["ppl"]
     lines = [
@@ -411,8 +438,8 @@ def write_markdown(rep: Dict, path: Path) -> None:
         f".venv/bin/python scripts/results.py --steps {a['steps']} --lr {a['lr']} --batch-size {a['batch_size']}"
         f" --train-max-length {a['train_max_length']}{' --ablation-ppl' if a['ablation_ppl'] else ''}",
         "```",
-        f"({rep['seconds'] / 60:.0f} min on this 2-core machine, fp32; rows and runs are cached, so a rerun only "
-        "does what changed.)",
+        f"({rep['seconds'] / 60:.0f} min of work on this 2-core machine, fp32; rows and runs are cached, so a rerun "
+        "only does what changed.)",
         "",
         "| setting | fine-tuning steps | perplexity | vs. none | vs. prepend+LoRA | tokens re-encoded | model seconds |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -422,6 +449,12 @@ def write_markdown(rep: Dict, path: Path) -> None:
         rel = f"{r['ppl'] / pl - 1:+.1%}" if pl and "LoRA" in r["setting"] else ""
         lines.append(f"| {r['setting']} | {r['fine_tune_steps']} | {r['ppl']:.3f} | {r['ppl'] / none - 1:+.1%} | {rel} | "
                      f"{r['tokens_reencoded']:,} | {r['model_seconds']:.0f} |")
+    for name in pending:
+        if name in TABLE:
+            lines.append(f"| {name} | | *pending* | | | | |")
+    if pending:
+        lines += ["", f"*Pending (the run was interrupted; `scripts/results.py` resumes from the cache): "
+                      f"{', '.join(pending)}.*"]
     lines += [
         "",
         f"Fine-tuning: LoRA alpha = 2r, dropout 0.05, AdamW lr {a['lr']} (weight decay 0, {a['warmup']} warm-up steps, "

@@ -5,7 +5,11 @@
 # (titled passages of <= 128 tokens) is built once; a Wikipedia-style prompt is
 # continued with the retrieved document prepended (In-Context RALM) and
 # appended (FlashBack), side by side, with the retrieval / re-encode / decode
-# counters and times. Installs what it needs and builds the CLI.
+# counters and times and the title each retrieval found. The model carries the
+# adapter flashback ships for it (adapters/SmolLM2-135M-Instruct: LoRA + the
+# mark rows, fine-tuned for the append layout); both modes sample at
+# temperature 0.7, top-p 0.9, seed 1 (greedy decoding of a 135M model loops).
+# Installs what it needs and builds the CLI.
 # Usage: scripts/run.sh [extra flashback ralm flags, e.g. -n 256 --no-marks]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -26,4 +30,4 @@ dominated much of the Maya region politically, economically and militarily, and 
 metropolis of Teotihuacan in the Valley of Mexico. After a long decline its population fell, and the site was \
 abandoned by the end of the tenth century. Rediscovered in the nineteenth century, the ruins were excavated by \
 archaeologists from the University of Pennsylvania, who mapped the city and restored its great temples. Today" \
-  -n 128 --mode prepend,append "$@"
+  -n 128 --mode prepend,append --verbose --temperature 0.7 --top-p 0.9 --seed 1 "$@"

@@ -6,6 +6,7 @@ and reload (Python and the CLI) to the same outputs."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from flashback import LlamaForCausalLM
 from flashback.data import DataConfig, build_examples, wikitext_articles
 from flashback.finetune import TrainConfig, finetune
 
-from fbtest import SHARED, SMOL, run
+from fbtest import REPO, SHARED, SMOL, run
 
 WIKI = SHARED / "data/wikitext-103"
 
@@ -163,3 +164,25 @@ def test_the_cli_lists_the_retrieved_titles(index):
     lines = [ln for ln in text.stderr.splitlines() if "retrieval @" in ln]
     assert len(lines) == 2 and f'"{first["titles"][0]}"' in lines[0]
 
+
+
+SHIPPED = REPO / "adapters/SmolLM2-135M-Instruct"
+
+
+def test_the_shipped_adapter_is_found_and_lowers_the_append_marks_nll(index, model):
+    """The adapter flashback ships for SmolLM2 (scripts/results.py --ship) loads by default with the marks and
+    lowers the append+marks NLL on held-out text it never saw (the start of the first WikiText-103 test article,
+    in the results' held-out split)."""
+    assert (SHIPPED / "adapter_model.safetensors").exists(), "the shipped adapter is missing"
+    shipped = LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="add")
+    found = Path(shipped.adapter_path)  # the source tree's, or the copy an install put under <prefix>/share
+    assert found.name == SHIPPED.name, found
+    assert (found / "adapter_model.safetensors").read_bytes() == (SHIPPED / "adapter_model.safetensors").read_bytes()
+    ret = flashback.open_index(index)
+    held = model.encode(wikitext_articles(WIKI / "wiki.test.raw")[0][1])[:400]
+    base = flashback.evaluate(model, ret, held, mode="append")
+    tuned = flashback.evaluate(shipped, ret, held, mode="append")
+    assert tuned["nll"] < base["nll"] - 0.1, (tuned["nll"], base["nll"])
+    out = run("eval", "-m", SMOL, "--index", index, "--mode", "append", "--dtype", "fp32", "--text",
+              WIKI / "wiki.test.raw", "--max-tokens", 64, "--json", timeout=600)
+    assert "adapter: " in out.stderr and f"{SHIPPED.name} (shipped for this model" in out.stderr, out.stderr
