@@ -208,7 +208,8 @@ class Experiment:
                           trainable_token_indices=[self.mark_left, self.mark_left + 1] if marks else [])
         # micro-batches of one example: no padding (a step is the same gradient as one batch)
         cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, grad_accum=a.batch_size, lr=a.lr,
-                          warmup_steps=a.warmup, eval_every=a.eval_every, seed=a.seed, progress=False)
+                          warmup_steps=a.warmup, eval_every=a.eval_every, save_every=5, seed=a.seed,
+                          progress=False)  # a checkpoint every 5 steps: an interrupted run resumes there
         t = time.time()
         base_loss = evaluate_loss(model, evals)
         log(f"fine-tuning {name}: {len(train)} examples, {a.steps} steps of {a.batch_size}; held-out loss at step 0 "
