@@ -94,7 +94,8 @@ class ContextBase {
 
   // Places the documents of a retrieval (none is fine: then no block at all;
   // mode none ignores them) and returns the logits [V] for the token that
-  // follows the layout.
+  // follows the layout: from its last slot, or with the block below the input
+  // in position (DocPositions::Before) from the input's last slot.
   at::Tensor place(const std::vector<std::vector<int64_t>>& docs) {
     if (input_.empty()) throw InvalidArgument("place() before reset(): no input");
     auto t0 = std::chrono::steady_clock::now();
