@@ -127,9 +127,12 @@ class ContextBase {
     const int64_t n = static_cast<int64_t>(tokens.size());
     int64_t from = static_cast<int64_t>(layout_.size());
     if (from + n <= options_.max_length) {
+      for (int64_t i = 0; i < n; ++i)  // per decoded token: only the new slots' positions
+        positions_.push_back(recent_position(options_.mode, options_.doc_positions, options_.position_offset,
+                                             input_in_layout_, static_cast<int64_t>(block_.size()),
+                                             static_cast<int64_t>(recent_.size()) + i));
       recent_.insert(recent_.end(), tokens.begin(), tokens.end());
       layout_.insert(layout_.end(), tokens.begin(), tokens.end());
-      update_positions();
     } else {
       // Past the window between retrievals: the tokens appended so far join
       // the input, which slides; the documents stay; the new tokens follow.
@@ -223,10 +226,6 @@ class ContextBase {
   void rebuild_layout() {
     layout_ = build_layout(options_.mode, input_, block_, recent_, model_->config().bos_token_id);
     input_in_layout_ = static_cast<int64_t>(input_.size());
-    update_positions();
-  }
-
-  void update_positions() {
     positions_ = layout_positions(options_.mode, options_.doc_positions, options_.position_offset, input_in_layout_,
                                   static_cast<int64_t>(block_.size()), static_cast<int64_t>(recent_.size()));
   }

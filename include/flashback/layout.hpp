@@ -115,6 +115,13 @@ inline bool block_before_input(ContextMode mode, DocPositions positions) {
   return mode == ContextMode::Append && positions == DocPositions::Before;
 }
 
+// The RoPE position of the j-th recent token after `input` + `block` slots:
+// after the block's slots, or with the block before the input, after the input.
+inline int64_t recent_position(ContextMode mode, DocPositions positions, int64_t offset, int64_t input, int64_t block,
+                               int64_t j) {
+  return block_before_input(mode, positions) ? offset + input + j : input + block + j;
+}
+
 // The RoPE position of every slot of a layout of `input`, `block` and `recent`
 // tokens in `mode` (see DocPositions above; `offset` matters only for before).
 inline std::vector<int64_t> layout_positions(ContextMode mode, DocPositions positions, int64_t offset, int64_t input,
@@ -130,7 +137,7 @@ inline std::vector<int64_t> layout_positions(ContextMode mode, DocPositions posi
   size_t s = 0;
   for (int64_t i = 0; i < input; ++i) p[s++] = offset + i;                // [input]
   for (int64_t i = 0; i < block; ++i) p[s++] = offset - block + i;        // [block], just below the input
-  for (int64_t i = 0; i < recent; ++i) p[s++] = offset + input + i;       // [recent], after the input
+  for (int64_t i = 0; i < recent; ++i) p[s++] = recent_position(mode, positions, offset, input, block, i);
   return p;
 }
 
