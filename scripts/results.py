@@ -60,9 +60,16 @@ ABLATIONS = {
     "append + marks + LoRA, r=64": ("append", True, QKVO, 64, "before"),
     "append + marks + LoRA, r=8": ("append", True, QKVO, 8, "before"),
     "append + marks + LoRA, positions after (the paper's)": ("append", True, QKVO, 16, "after"),
+    # the all-linear recipe's own controls: the bar compares like with like
+    "none + LoRA, all linear (control)": ("none", False, ALL_LINEAR, 16, "before"),
+    "prepend + LoRA, all linear": ("prepend", False, ALL_LINEAR, 16, "before"),
 }
 # --ablations takes these short names (in this order: the likeliest to change the recipe first)
-ABLATION_KEYS = dict(zip(("all-linear", "r64", "r8", "after"), ABLATIONS))
+ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear",
+                 "none-all-linear": "none + LoRA, all linear (control)", "prepend-all-linear": "prepend + LoRA, all linear",
+                 "r64": "append + marks + LoRA, r=64", "r8": "append + marks + LoRA, r=8",
+                 "after": "append + marks + LoRA, positions after (the paper's)"}
+assert set(ABLATION_KEYS.values()) == set(ABLATIONS)
 # The table's rows, in order (ablations with --ablation-ppl follow).
 TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's)",
          "append + marks, positions after (the paper's)", "append + marks", "append + marks + LoRA",
@@ -284,7 +291,7 @@ def main() -> int:
         write_markdown(rep, docs / "results.md")
 
     def row(name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before") -> None:
-        if run is None and mode != "none" and "LoRA" in name:
+        if run is None and "LoRA" in name:
             return  # its fine-tuning is not done (--report-only)
         r = ex.row(name, mode, marks, run, positions)
         if r is not None:
@@ -380,7 +387,8 @@ def adapter_readme(ex: Experiment, name: str, run: Dict, rows: List[Dict]) -> st
         "",
         "```",
         f".venv/bin/python scripts/results.py --steps {a.steps} --lr {a.lr} --batch-size {a.batch_size} "
-        f"--train-max-length {a.train_max_length} --ship",
+        f"--train-max-length {a.train_max_length}"
+        + "".join(f" --ablations {k} --ablation-ppl" for k, n in ABLATION_KEYS.items() if n == name) + " --ship",
         "```",
         "",
     ]
@@ -488,6 +496,13 @@ def write_markdown(rep: Dict, path: Path) -> None:
             f"* vs none (no retrieval) {none:.3f}: {'below' if al < none else 'NOT below'}; "
             f"vs none+LoRA {nl:.3f}: {'not worse' if al <= nl else 'worse'}.",
         ]
+    a2, p2, n2 = (by.get(f"{k}, all linear{c}", {}).get("ppl")
+                  for k, c in (("append + marks + LoRA", ""), ("prepend + LoRA", ""), ("none + LoRA", " (control)")))
+    if a2:
+        lines.append(f"* LoRA on all linear layers: append+marks+LoRA {a2:.3f}"
+                     + (f" vs prepend+LoRA {pl:.3f} (q/k/v/o): {a2 / pl - 1:+.1%}" if pl else "")
+                     + (f"; vs prepend+LoRA, all linear {p2:.3f}: {a2 / p2 - 1:+.1%}" if p2 else "")
+                     + (f"; vs none+LoRA, all linear {n2:.3f}: {a2 / n2 - 1:+.1%}" if n2 else "") + ".")
     lines.append("")
     write_text_atomic(path, "\n".join(lines))
 

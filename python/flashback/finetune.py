@@ -243,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--r", type=int, default=lora.r)
     ap.add_argument("--alpha", type=float, default=lora.lora_alpha)
     ap.add_argument("--dropout", type=float, default=lora.lora_dropout)
-    ap.add_argument("--targets", default=",".join(lora.target_modules))
+    ap.add_argument("--targets", default=",".join(lora.target_modules),
+                    help="comma list of modules, or all-linear (every linear layer but lm_head)")
     ap.add_argument("--steps", type=int, default=train.steps)
     ap.add_argument("--batch-size", type=int, default=train.batch_size)
     ap.add_argument("--grad-accum", type=int, default=train.grad_accum)
@@ -301,7 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       weight_decay=args.weight_decay, warmup_steps=args.warmup, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, progress=not args.quiet)
     lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout,
-                      target_modules=tuple(t for t in args.targets.split(",") if t))
+                      target_modules=args.targets if args.targets == "all-linear"
+                      else tuple(t for t in args.targets.split(",") if t))
     print(f"finetune: {len(train)} training examples, {len(evals)} eval examples, layout {args.layout}, "
           f"marks {'on' if marks else 'off'}", file=sys.stderr)
     result = finetune(model, train, evals, cfg, args.out, lora=lora, resume=not args.no_resume)

@@ -43,6 +43,13 @@ class LoraConfig:
     target_modules: Sequence[str] = tuple(_LORA["target_modules"])
     trainable_token_indices: Optional[Sequence[int]] = None
 
+    def __post_init__(self) -> None:
+        # PEFT's spelling: a string names one module, "all-linear" every linear layer but lm_head (what
+        # docs/results.md measured best for the append layout on SmolLM2)
+        if isinstance(self.target_modules, str):
+            t = self.target_modules
+            self.target_modules = LORA_TARGETS if t == "all-linear" else (t,)
+
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r

@@ -149,6 +149,17 @@ def test_fresh_adapter_is_noop_and_merge_agrees():
         assert (m(x).logits - base).abs().max() < 1e-5
 
 
+def test_lora_config_takes_peft_string_targets():
+    # PEFT's spellings: "all-linear" = every linear layer but lm_head; one name as a string
+    assert LoraConfig(target_modules="all-linear").target_modules == (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert LoraConfig(target_modules="v_proj").target_modules == ("v_proj",)
+    m = tiny(vocab=61)
+    m.add_adapter(LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", trainable_token_indices=[]))
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any("mlp.down_proj.lora_A" in n for n in names) and any("self_attn.q_proj.lora_B" in n for n in names)
+
+
 def test_gradients_reach_exactly_the_adapter():
     m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
     assert m.marks == (512, 513)
