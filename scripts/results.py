@@ -75,6 +75,8 @@ TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's
          "append + marks, positions after (the paper's)", "append + marks", "append + marks + LoRA",
          "prepend + LoRA", "none + LoRA (control)"]
 T0 = time.time()
+# the repository keeps shipped adapters (bf16: half the fp32 run's file) under 8 MiB
+SHIP_LIMIT = 8 << 20
 
 
 def log(msg: str) -> None:
@@ -333,7 +335,8 @@ def best_append_run(runs: Dict, rows: List[Dict]) -> str:
     ppl = {r["setting"]: r["ppl"] for r in rows}
     # runs for the default inference options only (doc_positions before): the adapter is used with them
     cands = [n for n, r in runs.items() if r["settings"]["layout"] == "append" and r["settings"]["marks"]
-             and r["settings"].get("doc_positions") == "before"]
+             and r["settings"].get("doc_positions") == "before"
+             and (r["dir"] / "adapter/adapter_model.safetensors").stat().st_size // 2 <= SHIP_LIMIT]
     if all(n in ppl for n in cands):
         return min(cands, key=lambda n: ppl[n])
     return min(cands, key=lambda n: runs[n]["history"][-1]["eval_loss"])
