@@ -57,6 +57,8 @@ MAIN = {
 }
 ABLATIONS = {
     "append + marks + LoRA, all linear": ("append", True, ALL_LINEAR, 16, "before"),
+    # all linear at half the rank: half the file (the all-linear r=16 adapter is over SHIP_LIMIT in bf16)
+    "append + marks + LoRA, all linear, r=8": ("append", True, ALL_LINEAR, 8, "before"),
     "append + marks + LoRA, r=64": ("append", True, QKVO, 64, "before"),
     "append + marks + LoRA, r=8": ("append", True, QKVO, 8, "before"),
     "append + marks + LoRA, positions after (the paper's)": ("append", True, QKVO, 16, "after"),
@@ -65,7 +67,7 @@ ABLATIONS = {
     "prepend + LoRA, all linear": ("prepend", False, ALL_LINEAR, 16, "before"),
 }
 # --ablations takes these short names (in this order: the likeliest to change the recipe first)
-ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear",
+ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-r8": "append + marks + LoRA, all linear, r=8",
                  "none-all-linear": "none + LoRA, all linear (control)", "prepend-all-linear": "prepend + LoRA, all linear",
                  "r64": "append + marks + LoRA, r=64", "r8": "append + marks + LoRA, r=8",
                  "after": "append + marks + LoRA, positions after (the paper's)"}
@@ -77,6 +79,12 @@ TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's
 T0 = time.time()
 # the repository keeps shipped adapters (bf16: half the fp32 run's file) under 8 MiB
 SHIP_LIMIT = 8 << 20
+# The pick to ship also reads what each candidate writes (perplexity cannot see a model that falls into
+# WikiText's blank lines: docs/results_attempts.md section 6): the main job's prompt, append + marks,
+# sampled as scripts/run.sh samples, SAMPLE_TOKENS tokens for each of SAMPLE_SEEDS.
+MAIN_JOB_PROMPT = ROOT / "scripts/main_job_prompt.txt"
+SAMPLE_SEEDS, SAMPLE_TOKENS, SAMPLE_SHORT = (1, 2, 3, 4), 96, 24
+BLANK_RUN = re.compile(r"(\n[ \t]*){4,}")  # three blank lines in a row
 
 
 def log(msg: str) -> None:
@@ -184,6 +192,26 @@ class Experiment:
         log(f"{name}: ppl {row['ppl']:.4f} over {row['tokens']} tokens ({row['wall_seconds']:.0f} s)")
         return row
 
+    # ---------------------------------------------------------------- samples (the pick to ship)
+    def samples(self, run: Dict) -> List[Dict]:
+        """The run's adapter continuing the main job's prompt in append + marks, as scripts/run.sh samples it
+        (temperature 0.7, top-p 0.9; the main job's index, no titles forbidden), once per seed; cached."""
+        prompt = MAIN_JOB_PROMPT.read_text(encoding="utf-8").rstrip("\n")
+        path = run["dir"] / f"samples-{key_of([prompt, SAMPLE_SEEDS, SAMPLE_TOKENS])}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        model = self.load()
+        model.load_adapter(run["dir"] / "adapter")
+        retriever = flashback.open_index(self.out / "index")
+        out = []
+        for seed in SAMPLE_SEEDS:
+            ids, _ = flashback.generate(model, retriever, prompt, SAMPLE_TOKENS, mode="append", marks=True,
+                                        temperature=0.7, top_p=0.9, seed=seed)
+            out.append({"seed": seed, "tokens": len(ids), "text": model.decode(ids)})
+            log(f"  {run['name']}: sample, seed {seed}: {len(ids)} tokens")
+        write_text_atomic(path, json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+        return out
+
     # ---------------------------------------------------------------- fine-tuning
     def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str) -> Optional[Dict]:
         a = self.args
@@ -263,7 +291,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--ship", action="store_true", help="export the best append+marks adapter to adapters/")
     ap.add_argument("--report-only", action="store_true",
-                    help="compute nothing: write docs/results.* from what the cache holds (pending rows marked)")
+                    help="compute no row or run: write docs/results.* from what the cache holds (pending rows "
+                         "marked); with --ship, only the candidates' samples are computed")
     args = ap.parse_args()
     flashback.set_num_threads(args.threads)
     ex = Experiment(args)
@@ -318,6 +347,8 @@ def main() -> int:
         train(name, ABLATIONS[name])
         if args.ablation_ppl:
             row(name, ABLATIONS[name][0], ABLATIONS[name][1], runs.get(name), ABLATIONS[name][4])
+    if args.ship and runs:
+        ship(ex, runs, list(by.values()))
     row("prepend", "prepend", False)
     row("append + marks", "append", True)
     row("append, positions after (the paper's)", "append", False, positions="after")
@@ -329,21 +360,35 @@ def main() -> int:
     return 0
 
 
-def best_append_run(runs: Dict, rows: List[Dict]) -> str:
-    """The append+marks run (doc positions before) with the lowest perplexity where measured, else the lowest
-    final held-out loss."""
+def sample_faults(samples: List[Dict]) -> List[str]:
+    """Why a candidate's samples do not read well: any falls into a run of blank lines, or most stop early."""
+    faults = [f"seed {x['seed']}: a run of blank lines" for x in samples if BLANK_RUN.search(x["text"])]
+    short = [x["seed"] for x in samples if x["tokens"] < SAMPLE_SHORT]
+    if len(short) * 2 > len(samples):
+        faults.append(f"seeds {short}: stop within {SAMPLE_SHORT} tokens")
+    return faults
+
+
+def best_append_run(ex: Experiment, runs: Dict, rows: List[Dict]) -> str:
+    """The append+marks run (doc positions before, within SHIP_LIMIT) whose samples read well, with the lowest
+    perplexity where measured, else the lowest final held-out loss."""
     ppl = {r["setting"]: r["ppl"] for r in rows}
     # runs for the default inference options only (doc_positions before): the adapter is used with them
     cands = [n for n, r in runs.items() if r["settings"]["layout"] == "append" and r["settings"]["marks"]
              and r["settings"].get("doc_positions") == "before"
              and (r["dir"] / "adapter/adapter_model.safetensors").stat().st_size // 2 <= SHIP_LIMIT]
-    if all(n in ppl for n in cands):
-        return min(cands, key=lambda n: ppl[n])
-    return min(cands, key=lambda n: runs[n]["history"][-1]["eval_loss"])
+    order = sorted(cands, key=(lambda n: ppl[n]) if all(n in ppl for n in cands)
+                   else (lambda n: runs[n]["history"][-1]["eval_loss"]))
+    for name in order:
+        faults = sample_faults(ex.samples(runs[name]))
+        if not faults:
+            return name
+        log(f"not shipping {name}: " + "; ".join(faults))
+    raise SystemExit("results: no candidate adapter's samples read well; nothing shipped")
 
 
 def ship(ex: Experiment, runs: Dict, rows: List[Dict]) -> None:
-    name = best_append_run(runs, rows)
+    name = best_append_run(ex, runs, rows)
     run = runs[name]
     dest = ROOT / "adapters" / "SmolLM2-135M-Instruct"
     model = ex.load()
@@ -384,6 +429,9 @@ def adapter_readme(ex: Experiment, name: str, run: Dict, rows: List[Dict]) -> st
     if name in ppl:
         lines.append(f"* held-out perplexity ({ex.split['heldout_tokens']:,} tokens, stride 16, doc 128, max length "
                      f"512): {ppl[name]:.3f}" + "".join(f"; {k} {v:.3f}" for k, v in ppl.items() if k != name))
+    lines.append(f"* samples (the main job's prompt, append + marks, temperature 0.7, top-p 0.9, {SAMPLE_TOKENS} "
+                 f"tokens, seeds {', '.join(map(str, SAMPLE_SEEDS))}): none falls into a run of blank lines; the "
+                 "lengths: " + ", ".join(str(x["tokens"]) for x in ex.samples(run)) + " tokens")
     lines += [
         "",
         "Reproduce (about an hour on 2 CPU cores for this adapter; the full table: docs/results.md):",
@@ -480,15 +528,16 @@ def write_markdown(rep: Dict, path: Path) -> None:
         "",
         "![held-out loss curves](results_curves.png)",
         "",
-        "| fine-tuned run | LoRA targets | r | held-out loss, step 0 | final | perplexity |",
-        "|---|---|---:|---:|---:|---:|",
+        "| fine-tuned run | LoRA targets | r | steps | held-out loss, step 0 | last | perplexity |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, hist in rep["curves"].items():
         s = rep["settings"][name]
         ev = [h["eval_loss"] for h in hist if "eval_loss" in h]
         ppl = by.get(name, {}).get("ppl")
         tg = "q/k/v/o" if len(s["targets"]) == 4 else "all linear"
-        lines.append(f"| {name} | {tg} | {s['r']} | {ev[0]:.4f} | {ev[-1]:.4f} | {f'{ppl:.3f}' if ppl else '-'} |")
+        last = max(h["step"] for h in hist if "eval_loss" in h)
+        lines.append(f"| {name} | {tg} | {s['r']} | {last} | {ev[0]:.4f} | {ev[-1]:.4f} | {f'{ppl:.3f}' if ppl else '-'} |")
     al, nl = by.get("append + marks + LoRA", {}).get("ppl"), by.get("none + LoRA (control)", {}).get("ppl")
     lines += ["", "## The bar", ""]
     if al and pl and nl:
@@ -499,13 +548,23 @@ def write_markdown(rep: Dict, path: Path) -> None:
             f"* vs none (no retrieval) {none:.3f}: {'below' if al < none else 'NOT below'}; "
             f"vs none+LoRA {nl:.3f}: {'not worse' if al <= nl else 'worse'}.",
         ]
-    a2, p2, n2 = (by.get(f"{k}, all linear{c}", {}).get("ppl")
-                  for k, c in (("append + marks + LoRA", ""), ("prepend + LoRA", ""), ("none + LoRA", " (control)")))
-    if a2:
-        lines.append(f"* LoRA on all linear layers: append+marks+LoRA {a2:.3f}"
-                     + (f" vs prepend+LoRA {pl:.3f} (q/k/v/o): {a2 / pl - 1:+.1%}" if pl else "")
-                     + (f"; vs prepend+LoRA, all linear {p2:.3f}: {a2 / p2 - 1:+.1%}" if p2 else "")
-                     + (f"; vs none+LoRA, all linear {n2:.3f}: {a2 / n2 - 1:+.1%}" if n2 else "") + ".")
+    # the other append recipes against the same bar, and the all-linear ones against their own controls too
+    p2, n2 = by.get("prepend + LoRA, all linear", {}).get("ppl"), by.get("none + LoRA, all linear (control)", {}).get("ppl")
+    for name, spec in ABLATIONS.items():
+        a2 = by.get(name, {}).get("ppl")
+        if not a2 or spec[0] != "append":
+            continue
+        own = spec[2] == ALL_LINEAR
+        lines.append(f"* {name}: {a2:.3f}"
+                     + (f"; vs prepend+LoRA {pl:.3f}: {a2 / pl - 1:+.1%}" if pl else "")
+                     + (f"; vs none+LoRA {nl:.3f}: {a2 / nl - 1:+.1%}" if nl else "")
+                     + (f"; vs prepend+LoRA, all linear {p2:.3f}: {a2 / p2 - 1:+.1%}" if own and p2 else "")
+                     + (f"; vs none+LoRA, all linear {n2:.3f}: {a2 / n2 - 1:+.1%}" if own and n2 else "") + ".")
+    info = ROOT / "adapters/SmolLM2-135M-Instruct/flashback.json"
+    if info.exists():
+        desc = json.loads(info.read_text()).get("description", "")
+        lines.append(f"* shipped (`adapters/SmolLM2-135M-Instruct`, picked by `--ship`: the lowest perplexity within "
+                     f"8 MiB whose samples read well, [attempts](results_attempts.md) section 6): {desc}.")
     lines.append("")
     write_text_atomic(path, "\n".join(lines))
 

@@ -23,11 +23,5 @@ if [ ! -f "$index/meta.json" ]; then
     --tokenizer "$model" --max-tokens 128 --out "$index" >&2
 fi
 exec "$build/flashback" ralm --model "$model" --index "$index" \
-  --prompt "Tikal is the ruin of an ancient city in the rainforest of the Petén Basin in northern Guatemala. \
-It was one of the largest urban centres of the pre-Columbian Maya civilization, and its monumental architecture \
-dates from the fourth century BC to the ninth century AD. The city was the capital of a powerful kingdom that \
-dominated much of the Maya region politically, economically and militarily, and it had close ties with the great \
-metropolis of Teotihuacan in the Valley of Mexico. After a long decline its population fell, and the site was \
-abandoned by the end of the tenth century. Rediscovered in the nineteenth century, the ruins were excavated by \
-archaeologists from the University of Pennsylvania, who mapped the city and restored its great temples. Today" \
+  --prompt "$(cat "$root/scripts/main_job_prompt.txt")" \
   -n 128 --mode prepend,append --verbose --temperature 0.7 --top-p 0.9 --seed 1 "$@"
