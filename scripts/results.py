@@ -44,8 +44,8 @@ from flashback.finetune import TrainConfig, evaluate_loss, finetune
 from flashback.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
-ALL_LINEAR = QKVO + ("gate_proj", "up_proj", "down_proj")
+QKVO = tuple(LoraConfig().target_modules)  # the paper's
+ALL_LINEAR = tuple(LoraConfig(target_modules="all-linear").target_modules)
 
 # name -> (layout, marks, LoRA targets, rank, doc_positions); alpha = 2 r and dropout 0.05 throughout (the
 # paper's ratio). doc_positions: where RoPE puts the appended block (layout.hpp): "before" the input (flashback's
@@ -79,6 +79,7 @@ TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's
 T0 = time.time()
 # the repository keeps shipped adapters (bf16: half the fp32 run's file) under 8 MiB
 SHIP_LIMIT = 8 << 20
+SHIPPED = ROOT / "adapters" / "SmolLM2-135M-Instruct"
 # The pick to ship also reads what each candidate writes (perplexity cannot see a model that falls into
 # WikiText's blank lines: docs/results_attempts.md section 6): the main job's prompt, append + marks,
 # sampled as scripts/run.sh samples, SAMPLE_TOKENS tokens for each of SAMPLE_SEEDS.
@@ -340,8 +341,6 @@ def main() -> int:
     for name in MAIN:
         train(name, MAIN[name])
         row(name, MAIN[name][0], MAIN[name][1], runs.get(name), MAIN[name][4])
-        if args.ship and name in runs and name == "append + marks + LoRA":
-            ship(ex, runs, list(by.values()))
     # the ablations decide the recipe (and so the shipped adapter): before the untuned rows
     for name in ablations:
         train(name, ABLATIONS[name])
@@ -390,7 +389,7 @@ def best_append_run(ex: Experiment, runs: Dict, rows: List[Dict]) -> str:
 def ship(ex: Experiment, runs: Dict, rows: List[Dict]) -> None:
     name = best_append_run(ex, runs, rows)
     run = runs[name]
-    dest = ROOT / "adapters" / "SmolLM2-135M-Instruct"
+    dest = SHIPPED
     model = ex.load()
     model.load_adapter(run["dir"] / "adapter")
     model.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -560,11 +559,11 @@ def write_markdown(rep: Dict, path: Path) -> None:
                      + (f"; vs none+LoRA {nl:.3f}: {a2 / nl - 1:+.1%}" if nl else "")
                      + (f"; vs prepend+LoRA, all linear {p2:.3f}: {a2 / p2 - 1:+.1%}" if own and p2 else "")
                      + (f"; vs none+LoRA, all linear {n2:.3f}: {a2 / n2 - 1:+.1%}" if own and n2 else "") + ".")
-    info = ROOT / "adapters/SmolLM2-135M-Instruct/flashback.json"
+    info = SHIPPED / "flashback.json"
     if info.exists():
         desc = json.loads(info.read_text()).get("description", "")
-        lines.append(f"* shipped (`adapters/SmolLM2-135M-Instruct`, picked by `--ship`: the lowest perplexity within "
-                     f"8 MiB whose samples read well, [attempts](results_attempts.md) section 6): {desc}.")
+        lines.append(f"* shipped (`{SHIPPED.relative_to(ROOT)}`, picked by `--ship`: the lowest perplexity within "
+                     f"{SHIP_LIMIT >> 20} MiB whose samples read well, [attempts](results_attempts.md) section 6): {desc}.")
     lines.append("")
     write_text_atomic(path, "\n".join(lines))
 

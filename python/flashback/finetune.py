@@ -301,9 +301,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, progress=not args.quiet)
+    targets = [t for t in args.targets.split(",") if t]
+    # one name stays a string: LoraConfig reads PEFT's spellings ("all-linear")
     lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout,
-                      target_modules=args.targets if args.targets == "all-linear"
-                      else tuple(t for t in args.targets.split(",") if t))
+                      target_modules=targets[0] if len(targets) == 1 else tuple(targets))
     print(f"finetune: {len(train)} training examples, {len(evals)} eval examples, layout {args.layout}, "
           f"marks {'on' if marks else 'off'}", file=sys.stderr)
     result = finetune(model, train, evals, cfg, args.out, lora=lora, resume=not args.no_resume)
