@@ -17,6 +17,13 @@ inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
 
+// max |a - b| / (|b| + floor): the error in units of the reference's magnitude. A result rounded
+// once to bf16 is off by at most 2^-8 of its value, whatever the value, so bf16 bounds are relative.
+inline double max_rel_diff(const at::Tensor& a, const at::Tensor& b, double floor) {
+  at::Tensor bd = b.to(at::kDouble);
+  return ((a.to(at::kDouble) - bd).abs() / (bd.abs() + floor)).max().item<double>();
+}
+
 // A fresh empty directory under $TMPDIR, removed by the OS eventually.
 inline std::string temp_dir(const std::string& tag) {
   const char* base = std::getenv("TMPDIR");
