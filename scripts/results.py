@@ -462,6 +462,7 @@ def plot(curves: Dict, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
+    plt.close(fig)  # report() plots after every step
     os.replace(tmp, path)
 
 
