@@ -8,6 +8,7 @@
 #include "flashback/kernels.hpp"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>

@@ -5,6 +5,8 @@
 
 #include "flashback/flashback.hpp"
 #include "flashback/kernels.hpp"
+#include "flashback/ops.hpp"
+#include "flashback/torch_compat.hpp"
 #include "test_util.hpp"
 
 // Last: c10 defines its own CHECK macro, Catch2's must win.
@@ -178,5 +180,25 @@ TEST_CASE("decode steps and chunked prefills agree with the kernels on and off",
     at::Tensor full = whole->forward(tokens);
     CHECK(max_abs_diff(fast, full) < tol);
     if (dt == at::kFloat) CHECK(fast.argmax(-1).equal(full.argmax(-1)));
+  }
+}
+
+TEST_CASE("LibTorch's fused attention (2.x) computes the reference's grouped causal attention", "[kernels]") {
+  at::Tensor q = at::randn({1, 4, 3, 8}), kv = at::randn({1, 2, 3, 8});
+  if (!flashback::compat::kHasSdpa) {
+    WARN("LibTorch " TORCH_VERSION " has no at::scaled_dot_product_attention: only the reference runs");
+    CHECK_THROWS_WITH(flashback::fused_causal_attention(q, kv, kv, 0), Catch::Contains("LibTorch 2.0"));
+    return;
+  }
+  struct Case {
+    int64_t B, H, Hkv, T, start;
+  };
+  // a prefill from slot 0, a chunk after cached slots, one decode row; MHA, GQA, MQA
+  for (const Case& c : {Case{2, 4, 4, 9, 0}, Case{1, 8, 2, 5, 11}, Case{2, 6, 1, 1, 20}, Case{1, 4, 2, 70, 3}}) {
+    INFO("B " << c.B << " H " << c.H << " Hkv " << c.Hkv << " T " << c.T << " start " << c.start);
+    const int64_t S = c.start + c.T;
+    at::Tensor qc = at::randn({c.B, c.H, c.T, 16}), k = at::randn({c.B, c.Hkv, S, 16}), v = at::randn({c.B, c.Hkv, S, 16});
+    CHECK(max_abs_diff(flashback::fused_causal_attention(qc, k, v, c.start),
+                       flashback::grouped_causal_attention(qc, k, v, c.start)) < 1e-5);
   }
 }

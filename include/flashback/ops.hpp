@@ -55,8 +55,12 @@ class Ops {
   Kernels kernels_;
 };
 
-// The LibTorch reference of Ops::attention (also what Ops uses whenever the
-// decode kernel does not apply).
+// The LibTorch reference of Ops::attention, matmuls and a softmax in blocks of queries (what Ops uses on
+// LibTorch 1.13 whenever the decode kernel does not apply).
 at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
+
+// The same by LibTorch's fused at::scaled_dot_product_attention (LibTorch 2.x only, torch_compat.hpp;
+// throws on 1.13): what Ops::attention runs on 2.x, but for one decode row on the CPU.
+at::Tensor fused_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
 
 }  // namespace flashback

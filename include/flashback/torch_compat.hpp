@@ -1,0 +1,29 @@
+// What differs between the LibTorch versions flashback builds against (Debian's 1.13, the one inside a
+// PyPI torch 2.x wheel): the one place that asks which it is. Everything else is written against the API
+// both share.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+namespace flashback::compat {
+
+// LibTorch's fused attention, at::scaled_dot_product_attention (2.0 on): flash / memory-efficient kernels
+// on CUDA, a blocked flash kernel on CPU.
+constexpr bool kHasSdpa = TORCH_VERSION_MAJOR >= 2;
+
+// softmax(q k^T / sqrt(D), masked) v.   q: [B, N, T, D], k, v: [B, N, S, D]; mask: bool [T, S] (true: may
+// attend) or undefined; causal: query i sees keys j <= i (T == S, no mask) -> [B, N, T, D]. Throws on a
+// LibTorch without it.
+inline at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                       bool causal) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
+                                          0.0, causal);
+#else
+  (void)q, (void)k, (void)v, (void)mask, (void)causal;
+  TORCH_CHECK(false, "flashback: at::scaled_dot_product_attention needs LibTorch 2.0 or later (this is ", TORCH_VERSION, ")");
+#endif
+}
+
+}  // namespace flashback::compat
