@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -120,6 +121,11 @@ bool half_matmul_works(const at::Device& device) {
 }
 
 void check_dtype(at::ScalarType dtype, const at::Device& device) {
+  if (device.is_cuda() && !at::hasCUDA())
+    throw InvalidArgument("device " + device.str() + ": CUDA is not available to this LibTorch (" TORCH_VERSION
+                          "): it was built without CUDA, or no GPU is visible");
+  if (!device.is_cpu() && !device.is_cuda())
+    throw InvalidArgument("device " + device.str() + ": flashback runs on cpu or cuda");
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf)
     throw InvalidArgument("model dtype must be float32, bfloat16 or float16");
   if (dtype == at::kHalf && !half_matmul_works(device))
@@ -156,6 +162,11 @@ void LlamaForCausalLMImpl::check_inputs(const at::Tensor& tokens, const at::Tens
   if (!tokens.defined() || tokens.dim() != 2 || tokens.size(1) == 0)
     throw InvalidArgument("tokens must be a non-empty [B, T] tensor");
   if (tokens.scalar_type() != at::kLong) throw InvalidArgument("tokens must be int64");
+  // Ids may come from the host (validated there, copied once) or already sit on the model's device.
+  for (const at::Tensor* t : {&tokens, &positions})
+    if (t->defined() && !t->is_cpu() && t->device() != options_.device)
+      throw InvalidArgument(std::string(t == &tokens ? "tokens" : "positions") + " are on " + t->device().str() +
+                            " but the model is on " + options_.device.str() + ": move them with .to(model.device)");
   auto [lo, hi] = at::aminmax(tokens);
   const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
   if (mn < 0 || mx >= config_.vocab_size)
@@ -182,6 +193,9 @@ void LlamaForCausalLMImpl::check_inputs(const at::Tensor& tokens, const at::Tens
     if (!cache->defined() || cache->num_layers() != config_.num_hidden_layers ||
         cache->num_kv_heads() != config_.num_key_value_heads || cache->head_dim() != config_.head_dim)
       throw InvalidArgument("the KV cache was not made for this model's config");
+    if (cache->options().device() != options_.device)
+      throw InvalidArgument("the KV cache is on " + cache->options().device().str() + " but the model is on " +
+                            options_.device.str() + ": make the cache after moving the model (make_cache)");
     if (cache->batch() != tokens.size(0))
       throw InvalidArgument("the KV cache holds batch " + std::to_string(cache->batch()) + " but tokens have batch " +
                             std::to_string(tokens.size(0)));
@@ -209,7 +223,7 @@ at::Tensor LlamaForCausalLMImpl::hidden_states(const at::Tensor& tokens, const a
   at::Tensor cos = rope_.cos.index({pos});  // [T, D] or [B, T, D]
   at::Tensor sin = rope_.sin.index({pos});  // [T, D] or [B, T, D]
 
-  return model->forward(tokens, cos, sin, cache, ops_);  // [B, T, C]
+  return model->forward(tokens.to(options_.device), cos, sin, cache, ops_);  // [B, T, C]
 }
 
 at::Tensor LlamaForCausalLMImpl::logits(const at::Tensor& hidden) {
@@ -234,6 +248,19 @@ KVCacheStore LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) c
 
 void LlamaForCausalLMImpl::init_random(uint64_t seed) {
   at::NoGradGuard no_grad;
+  if (!options_.device.is_cpu()) {
+    // On the device, by the device's generator: a 7B model is drawn in a second, not a minute of host
+    // sampling and copying (other values than the CPU's for the same seed).
+    at::Generator gen = at::globalContext().defaultGenerator(options_.device).clone();
+    gen.set_current_seed(seed);
+    for (auto& p : named_parameters()) {
+      if (ends_with(p.key(), "norm.weight"))
+        p.value().fill_(1.0);
+      else
+        p.value().normal_(0.0, 0.02, gen);
+    }
+    return;
+  }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& p : named_parameters()) {
     at::Tensor& t = p.value();

@@ -183,3 +183,22 @@ TEST_CASE("bfloat16 weights run and stay close to fp32", "[dtype]") {
   CHECK(max_abs_diff(got, ref) < 0.1);
   CHECK(max_abs_diff(got, m->forward(tokens)) < 0.05);
 }
+
+TEST_CASE("devices: a cache or ids on another device, or a device this LibTorch lacks, fail with one clear line",
+          "[cache][device]") {
+  LlamaForCausalLM m(tiny_config(32, 2, 4, 2));
+  m->init_random(1);
+  at::Tensor tokens = at::randint(0, 97, {1, 5}, at::kLong);
+  // The meta device stands in for "another device" on a machine without a GPU.
+  KVCacheStore meta(2, 1, 2, 16, 8, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
+  CHECK_THROWS_WITH(m->forward(tokens, {}, meta), Catch::Contains("the KV cache is on meta but the model is on cpu"));
+  CHECK_THROWS_WITH(m->forward(tokens.to(at::kMeta)), Catch::Contains("tokens are on meta but the model is on cpu"));
+  if (!at::hasCUDA()) {
+    CHECK_THROWS_WITH(m->to(at::Device("cuda")), Catch::Contains("CUDA is not available to this LibTorch"));
+    LlamaForCausalLMOptions o;
+    o.device = at::Device("cuda");
+    CHECK_THROWS_WITH(LlamaForCausalLM(tiny_config(32, 2, 4, 2), o), Catch::Contains("device cuda: CUDA is not available"));
+    CHECK(m->device() == at::Device("cpu"));  // the failed move left the model where it was
+  }
+  CHECK(m->forward(tokens).size(2) == 97);
+}

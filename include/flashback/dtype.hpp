@@ -1,6 +1,7 @@
-// Compute dtype names as the CLI, the benchmarks and the Python bindings take them.
+// Compute dtype and device names as the CLI, the benchmarks and the Python bindings take them.
 #pragma once
 
+#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
@@ -18,6 +19,14 @@ inline std::optional<at::ScalarType> parse_dtype(const std::string& s) {
   if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
   if (s == "fp16" || s == "float16" || s == "half") return at::kHalf;
   throw InvalidArgument("unknown dtype '" + s + "' (auto, fp32, bf16, fp16)");
+}
+
+// "cpu", "cuda", "cuda:N" (whether this LibTorch has the device is the model's check, llama.cpp).
+inline at::Device parse_device(const std::string& s) {
+  if (s == "cpu" || s == "cuda" || (s.rfind("cuda:", 0) == 0 && s.size() > 5 &&
+                                    s.find_first_not_of("0123456789", 5) == std::string::npos))
+    return at::Device(s);
+  throw InvalidArgument("unknown device '" + s + "' (cpu, cuda, cuda:N)");
 }
 
 }  // namespace flashback

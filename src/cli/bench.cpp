@@ -37,6 +37,7 @@ using bench::since;
 struct BenchRalmArgs {
   std::string config = bench::kDefaultConfig;
   std::string dtype = "fp32";
+  std::string device = "cpu";
   std::string modes = "append,prepend";
   int64_t init = 1536, total = 2048, stride = 16, doc = 128;
   int repeats = 1, threads = 0;
@@ -154,7 +155,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   const std::vector<ContextMode> modes = parse_context_modes(a.modes);
   const int threads = init_threads(a.threads);
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
-  LlamaForCausalLM model = bench::random_model(a.config, a.dtype, a.seed, a.capacity());
+  LlamaForCausalLM model = bench::random_model(a.config, a.dtype, a.seed, a.capacity(), a.device);
   KVCacheStore cache = model->make_cache(1, a.capacity());
   int64_t weight_bytes = 0;
   for (const auto& p : model->parameters()) weight_bytes += int64_t(p.nbytes());
@@ -176,6 +177,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   j["config"] = a.config;
   j["parameters"] = model->config().num_parameters();
   j["dtype"] = a.dtype;
+  j["device"] = a.device;
   j["init"] = a.init;
   j["total"] = a.total;
   j["stride"] = a.stride;
@@ -212,6 +214,7 @@ void add_bench(CLI::App& app) {
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--init", a->init, "input tokens at the start")->check(CLI::PositiveNumber);
   cmd->add_option("--total", a->total, "the sequence ends at total - doc tokens")->check(CLI::PositiveNumber);
   cmd->add_option("--stride", a->stride, "tokens between retrievals")->check(CLI::PositiveNumber);

@@ -50,12 +50,13 @@ inline constexpr const char* kDefaultConfig = "hidden=768,layers=12,heads=12,kv_
 // A model of the config spec (config.hpp's from_spec) with random weights
 // (HF's init), in eval mode, able to hold at least `positions` positions.
 inline LlamaForCausalLM random_model(const std::string& spec, const std::string& dtype, uint64_t seed,
-                                     int64_t positions) {
+                                     int64_t positions, const std::string& device = "cpu") {
   LlamaConfig config = LlamaConfig::from_spec(spec);
   config.max_position_embeddings = std::max(config.max_position_embeddings, positions);
   config.validate("--config");
   LlamaForCausalLMOptions mo;
   mo.dtype = parse_dtype(dtype).value_or(at::kFloat);
+  mo.device = parse_device(device);  // made and drawn there: no host copy of a 7B model
   LlamaForCausalLM model(config, mo);
   model->init_random(seed);
   model->eval();

@@ -39,6 +39,7 @@ using bench::since;
 struct BenchModelArgs {
   std::string config = bench::kDefaultConfig;
   std::string dtype = "fp32";
+  std::string device = "cpu";
   int64_t tokens = 0;  // prefill length / decode steps (defaults per command)
   int64_t context = 512;
   int repeats = 3, threads = 0;
@@ -82,7 +83,7 @@ struct Setup {
 Setup setup(const BenchModelArgs& a, int64_t positions) {
   Setup s;
   s.threads = init_threads(a.threads);
-  s.model = std::make_unique<LlamaForCausalLM>(bench::random_model(a.config, a.dtype, a.seed, positions));
+  s.model = std::make_unique<LlamaForCausalLM>(bench::random_model(a.config, a.dtype, a.seed, positions, a.device));
   s.config = (*s.model)->config();
   s.dtype = (*s.model)->dtype();
   return s;
@@ -100,6 +101,7 @@ nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
   j["config"] = a.config;
   j["parameters"] = s.config.num_parameters();
   j["dtype"] = a.dtype;
+  j["device"] = a.device;
   j["threads"] = s.threads;
   j["repeats"] = a.repeats;
   j["kernels"] = kernels::cpu_has_avx2_fma();  // the timed runs use Kernels::Auto: do the AVX2 kernels run
@@ -294,6 +296,7 @@ void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--repeats", a->repeats, "timed runs after a warm-up (median reported)")->check(CLI::Range(1, 100));
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   cmd->add_option("--seed", a->seed, "weights and token ids");

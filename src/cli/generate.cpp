@@ -14,7 +14,7 @@ namespace flashback::cli {
 
 namespace {
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, dtype;
+  std::string model, tokenizer, prompt, dtype, device = "cpu";
   GenerateOptions generation;
   int threads = 0;
   bool json = false;
@@ -25,6 +25,7 @@ void run(const GenerateArgs& a) {
   PretrainedOptions po;
   po.tokenizer = a.tokenizer;
   po.dtype = parse_dtype(a.dtype);
+  po.device = parse_device(a.device);
   Pretrained p = load_pretrained(a.model, po);
   const Tokenizer& tok = *p.tokenizer;
   const std::vector<int32_t> ids32 = tok.encode_with_specials(a.prompt);
@@ -58,6 +59,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   add_generation_flags(cmd, a->generation);
   cmd->add_option("--dtype", a->dtype, "auto, fp32, bf16, fp16");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   cmd->add_flag("--json", a->json, "print one JSON object {prompt_ids, ids, text}");
   cmd->callback([a] { run(*a); });

@@ -45,6 +45,7 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--forbidden-titles", a.forbidden_titles, "file of titles never to retrieve (one per line)");
   cmd->add_option("--encoder-model", a.encoder_model, "dense index: the encoder model (default: the one that built it)");
   cmd->add_option("--dtype", a.dtype, "auto, fp32, bf16, fp16");
+  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a.threads, "intra-op threads (default: all cores)");
   cmd->add_flag("--json", a.json, "print JSON");
 }
@@ -57,6 +58,7 @@ RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes) {
   PretrainedOptions po;
   po.tokenizer = a.tokenizer;
   po.dtype = parse_dtype(a.dtype);
+  po.device = parse_device(a.device);
   po.marks = uses_marks(modes, a.options) ? MarksPolicy::Add : MarksPolicy::Find;
   if (a.no_adapter && !a.adapter.empty()) throw InvalidArgument("--adapter and --no-adapter contradict each other");
   po.adapter = a.adapter;

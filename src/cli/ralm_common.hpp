@@ -13,7 +13,7 @@
 namespace flashback::cli {
 
 struct RalmArgs {
-  std::string model, tokenizer, index, mode = "append", dtype, forbidden_titles, encoder_model, adapter;
+  std::string model, tokenizer, index, mode = "append", dtype, device = "cpu", forbidden_titles, encoder_model, adapter;
   bool adapter_unmerged = false, no_adapter = false;
   RalmOptions options;
   int threads = 0;

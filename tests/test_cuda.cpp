@@ -1,0 +1,120 @@
+// The model, cache and contexts on a CUDA device (benchmarks/gpu.sh runs these where a GPU is lent;
+// without one they are skipped, visibly): the same logits as on the CPU, exact KV reuse, the paper's
+// re-encoding counts, and the CPU kernels out of the way.
+#include <c10/core/InferenceMode.h>
+
+#include "flashback/flashback.hpp"
+#include "flashback/kernels.hpp"
+#include "test_util.hpp"
+
+// Last: c10 defines its own CHECK macro, Catch2's must win.
+#include <catch2/catch.hpp>
+
+using namespace flashback;
+using flashback::test::max_abs_diff;
+using flashback::test::tiny_config;
+
+namespace {
+bool have_cuda() {
+  if (at::hasCUDA()) return true;
+  WARN("no CUDA device visible to this LibTorch: the CUDA tests are skipped (benchmarks/gpu.sh runs them on a GPU)");
+  return false;
+}
+
+// fp32: made on the host and moved (Module::to); other dtypes: made on the device.
+LlamaForCausalLM model_on(const at::Device& device, at::ScalarType dtype = at::kFloat) {
+  LlamaForCausalLMOptions o;
+  o.dtype = dtype;
+  if (dtype != at::kFloat) o.device = device;
+  LlamaForCausalLM m(tiny_config(64, 2, 8, 2, 101, 512), o);
+  m->init_random(3);
+  if (dtype == at::kFloat) m->to(device);
+  m->eval();
+  return m;
+}
+
+GenerateResult run(ContextMode mode, LlamaForCausalLMImpl& m, bool kv_reuse) {
+  RalmOptions o;
+  o.stride = 4;
+  o.doc_tokens = 12;
+  o.max_length = 160;
+  o.kv_reuse = kv_reuse;
+  o.marks = mode == ContextMode::Append;
+  KVCacheStore cache = make_context_cache(m, o);
+  auto ctx = make_context(mode, m, cache, MarkingToken(m.config().vocab_size), o);
+  RandomDocuments docs(12, 1, 99, 7);
+  GenerateOptions g;
+  g.max_new_tokens = 40;
+  g.stop_at_eos = false;
+  std::vector<int64_t> prompt;
+  for (int64_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 37) % 97);
+  return generate(*ctx, docs, prompt, g);
+}
+}  // namespace
+
+TEST_CASE("cuda: the model computes the CPU's logits, cached or not", "[cuda]") {
+  if (!have_cuda()) return;
+  c10::InferenceMode guard;
+  LlamaForCausalLM cpu = model_on(at::kCPU), gpu = model_on(at::Device("cuda"));
+  CHECK(gpu->device().is_cuda());
+  at::Tensor tokens = at::randint(0, 101, {2, 37}, at::kLong);
+  at::Tensor want = cpu->forward(tokens);
+  CHECK(max_abs_diff(gpu->forward(tokens).cpu(), want) < 1e-4);            // ids from the host
+  CHECK(max_abs_diff(gpu->forward(tokens.cuda()).cpu(), want) < 1e-4);     // ids on the device
+  KVCacheStore cache = gpu->make_cache(2, 64);
+  CHECK(cache.options().device().is_cuda());
+  at::Tensor a = gpu->forward(tokens.narrow(1, 0, 20), {}, cache);
+  at::Tensor b = gpu->forward(tokens.narrow(1, 20, 17), {}, cache);
+  CHECK(max_abs_diff(at::cat({a, b}, 1).cpu(), want) < 1e-4);
+  // The CPU kernels step aside for device tensors.
+  at::Tensor x = at::randn({1, 64}, at::Device("cuda"));
+  CHECK_FALSE(kernels::rms_norm_usable(x, at::ones({64}, x.options())));
+  CHECK_FALSE(kernels::silu_mul_usable(x, x));
+  // A cache on the host for a model on the device: one clear line.
+  KVCacheStore host = cpu->make_cache(2, 64);
+  CHECK_THROWS_WITH(gpu->forward(tokens, {}, host), Catch::Contains("the KV cache is on cpu but the model is on cuda"));
+}
+
+namespace {
+// The same checks on any device: run on the CPU everywhere (so they are known to hold), on CUDA where lent.
+void check_contexts(const at::Device& device) {
+  c10::InferenceMode guard;
+  LlamaForCausalLM m = model_on(device);
+  for (ContextMode mode : {ContextMode::Append, ContextMode::Prepend}) {
+    INFO(context_mode_name(mode) << " on " << device.str());
+    GenerateResult reuse = run(mode, *m, true), recompute = run(mode, *m, false);
+    CHECK(reuse.ids.size() == 40);
+    CHECK(reuse.ids == recompute.ids);
+    CHECK(reuse.stats.retrievals == 10);
+    if (mode == ContextMode::Append) {
+      // After the first, a retrieval re-encodes the stride's tokens and <MARK_L> doc <MARK_R>.
+      REQUIRE(reuse.stats.reencoded_per_place.size() == 10);
+      for (size_t i = 1; i < reuse.stats.reencoded_per_place.size(); ++i)
+        CHECK(reuse.stats.reencoded_per_place[i] == 4 + 12 + 2);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("contexts keep exact KV reuse and the paper's re-encoding counts (cpu; cuda where lent)", "[cuda][context]") {
+  check_contexts(at::kCPU);
+  if (!have_cuda()) return;
+  check_contexts(at::Device("cuda"));
+  // The device writes the CPU's greedy ids (fp32).
+  c10::InferenceMode guard;
+  LlamaForCausalLM cpu = model_on(at::kCPU), gpu = model_on(at::Device("cuda"));
+  CHECK(run(ContextMode::Append, *cpu, true).ids == run(ContextMode::Append, *gpu, true).ids);
+}
+
+TEST_CASE("cuda: bfloat16 and float16 run on the device", "[cuda][dtype]") {
+  if (!have_cuda()) return;
+  c10::InferenceMode guard;
+  LlamaForCausalLM f32 = model_on(at::Device("cuda"));
+  at::Tensor tokens = at::randint(0, 101, {1, 25}, at::kLong);
+  at::Tensor want = f32->forward(tokens).cpu();
+  for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+    LlamaForCausalLM m = model_on(at::Device("cuda"), dt);
+    CHECK(max_abs_diff(m->forward(tokens).cpu(), want) < 0.1);
+    CHECK(run(ContextMode::Append, *m, true).ids.size() == 40);
+  }
+}
