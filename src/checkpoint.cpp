@@ -1,5 +1,6 @@
 // Format readers -> Checkpoint (HF names, HF layout) -> LlamaForCausalLM.
 #include "flashback/checkpoint.hpp"
+#include "flashback/io/hub_cache.hpp"
 
 #include <sys/stat.h>
 
@@ -264,7 +265,8 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
 }  // namespace
 
 // ---------------------------------------------------------------- public
-Checkpoint read_checkpoint(const std::string& path) {
+Checkpoint read_checkpoint(const std::string& given) {
+  const std::string path = resolve_model_path(given);  // a hub cache folder or repo id -> its snapshot
   if (is_dir(path)) return read_hf_dir(path);
   if (!is_file(path)) throw FormatError(path, "no such file or directory");
   char magic[4] = {};

@@ -11,9 +11,29 @@ Contexts, retrieval and the RALM loops: see flashback.ralm. Fine-tuning:
 flashback.finetune (also `python -m flashback.finetune`).
 """
 
-import torch as _torch  # noqa: F401  (loads LibTorch first: the extension links the same build)
+import torch as _torch  # loads LibTorch first: the extension links the same build
 
-from . import _C
+
+def _load_extension():
+    """flashback._C, or one line naming the torch it was built for and the one here: another torch's LibTorch
+    cannot load it (missing symbols at best, a crash at worst), so the versions are compared first."""
+    fix = "reinstall flashback in this environment (pip install --force-reinstall --no-deps <flashback source>)"
+    try:
+        from ._build_info import TORCH_VERSION as built
+    except ImportError:
+        built = ""
+    if built and built != _torch.__version__:
+        raise ImportError(f"flashback was built against torch {built} but this environment has torch "
+                          f"{_torch.__version__}: {fix}")
+    try:
+        from . import _C
+    except ImportError as e:
+        raise ImportError(f"flashback's extension does not load with torch {_torch.__version__} "
+                          f"(built against {built or 'an unknown torch'}): {fix} ({str(e).splitlines()[0]})") from e
+    return _C
+
+
+_C = _load_extension()
 from ._C import FlashbackError, FormatError, InvalidArgument, Tokenizer
 from .loss import IGNORE_INDEX, causal_lm_loss, target_loss
 from .modeling import CausalLMOutput, LlamaConfig, LlamaForCausalLM, LoraConfig, read_adapter_config

@@ -102,7 +102,7 @@ def evaluate_loss(model: LlamaForCausalLM, examples: Sequence[Example], batch_si
         chunk = examples[i:i + batch_size]
         ids, labels = collate(chunk)
         n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-        total += float(model(ids, collate_positions(chunk), labels=labels, loss="target").loss) * n
+        total += float(model(ids, position_ids=collate_positions(chunk), labels=labels, loss="target").loss) * n
         count += n
     model.train(was)
     return total / max(1, count)
@@ -190,7 +190,7 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
             sync = a == cfg.grad_accum - 1 or world == 1
             ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
-                loss = net(ids, collate_positions(chunk), labels=labels, loss="target").loss / cfg.grad_accum
+                loss = net(ids, position_ids=collate_positions(chunk), labels=labels, loss="target").loss / cfg.grad_accum
                 loss.backward()
             step_loss += float(loss)
         if world > 1:

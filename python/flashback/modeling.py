@@ -165,12 +165,16 @@ class LlamaForCausalLM(nn.Module):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path], *, dtype: Union[str, torch.dtype] = "auto", marks: str = "find",
-                        tokenizer: Optional[Union[str, Path]] = None, device: str = "cpu",
+    def from_pretrained(cls, path: Optional[Union[str, Path]], *, dtype: Union[str, torch.dtype] = "auto",
+                        marks: str = "find", tokenizer: Optional[Union[str, Path]] = None, device: str = "cpu",
                         adapter: Optional[Union[str, Path]] = None, merge_adapter: bool = False,
-                        default_adapter: bool = True) -> "LlamaForCausalLM":
+                        default_adapter: bool = True, config: Optional[Any] = None,
+                        state_dict: Optional[Dict[str, torch.Tensor]] = None) -> "LlamaForCausalLM":
         """Loads an HF directory (config.json + safetensors, sharded or not),
         a llama2.c .bin or a GGUF file.
+
+        As HF's, path=None with config= (a dict or an HF LlamaConfig) and state_dict= (e.g. an HF
+        LlamaForCausalLM's state_dict()) builds the model from those tensors instead.
 
         marks: "add" gives the model the two marking tokens (mean-initialised
         rows appended to the vocabulary, as FlashBack does before fine-tuning;
@@ -183,6 +187,10 @@ class LlamaForCausalLM(nn.Module):
         Pass False to fine-tune from the base model.
         The model comes in eval mode (LoRA dropout off), as HF's does; train() turns it on."""
         dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
+        if path is None:
+            return cls._from_state_dict(config, state_dict, "float32" if dt == "auto" else dt, device)
+        if config is not None or state_dict is not None:
+            raise ValueError("from_pretrained takes a path, or path=None with config= and state_dict=, not both")
         core, tok, mark_left, loaded = _C.load(
             str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""), device=str(device),
             adapter=str(adapter or ""), merge_adapter=merge_adapter, default_adapter=default_adapter,
@@ -192,6 +200,21 @@ class LlamaForCausalLM(nn.Module):
         if loaded:
             model.requires_grad_(False)
         return model.eval()  # as HF's from_pretrained: dropout off until train()
+
+    @classmethod
+    def _from_state_dict(cls, config: Any, state_dict: Optional[Dict[str, torch.Tensor]], dtype: str,
+                         device: str) -> "LlamaForCausalLM":
+        if config is None or state_dict is None:
+            raise ValueError("from_pretrained(None, ...) needs both config= and state_dict=")
+        cfg = json.loads(config.to_json_string()) if hasattr(config, "to_json_string") else dict(config)
+        model = cls.from_config(cfg, dtype=dtype)
+        sd = dict(state_dict)
+        for key in [k for k in sd if k.endswith("rotary_emb.inv_freq")]:  # a buffer, derived from the config
+            del sd[key]
+        if model.config.to_dict().get("tie_word_embeddings") and "lm_head.weight" not in model._parameters:
+            sd.pop("lm_head.weight", None)  # HF lists the tied head under both names
+        model.load_state_dict({k: v.detach().to("cpu") for k, v in sd.items()}, strict=True)
+        return model.to(device).eval()
 
     @classmethod
     def from_config(cls, config: Dict, seed: int = 0, dtype: Union[str, torch.dtype] = "float32") -> "LlamaForCausalLM":
@@ -266,15 +289,31 @@ class LlamaForCausalLM(nn.Module):
                                    self._parameters)
 
     # ------------------------------------------------------------ compute
-    def forward(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, *, loss: str = "causal_lm") -> CausalLMOutput:
-        """input_ids [B, T] int64 (positions [T] or [B, T], default 0..T-1) -> CausalLMOutput.
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values: Any = None,
+                labels: Optional[torch.Tensor] = None, *, use_cache: Optional[bool] = None,
+                return_dict: Optional[bool] = None, loss: str = "causal_lm") -> CausalLMOutput:
+        """input_ids [B, T] int64 (position_ids [T] or [B, T], default 0..T-1) -> CausalLMOutput; HF's
+        signature. attention_mask may only be all ones (rows are not padded: FlashBack's examples are
+        packed, and a cache belongs to a flashback.Context); past_key_values must be None and use_cache is
+        ignored, for the same reason; return_dict=False returns the tuple.
 
         labels [B, T], as HF takes them: aligned with input_ids (labels=input_ids trains next-token
         prediction), IGNORE_INDEX (-100) where nothing is scored; the model shifts them, so row t is
         scored against labels[t + 1]. loss="causal_lm" is HF's loss (every vocabulary column in the
         softmax); loss="target" is FlashBack's (target_loss: the marking tokens out of the softmax), with
         the head applied to the scored rows only (.logits is then None)."""
+        if attention_mask is not None and not bool((attention_mask == 1).all()):
+            raise ValueError("attention_mask must be all ones: flashback's forward takes unpadded rows "
+                             "(pack the examples, or run rows of different lengths one at a time)")
+        if past_key_values is not None:
+            raise ValueError("past_key_values must be None: flashback keeps the KV cache in a flashback.Context "
+                             "(flashback.ralm), not in forward's arguments")
+        out = self._forward(input_ids, position_ids, labels, loss)
+        return out.to_tuple() if return_dict is False else out
+
+    def _forward(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                 loss: str) -> CausalLMOutput:
         if labels is None:
             return CausalLMOutput(logits=self._core.forward(input_ids, positions))
         if labels.shape != input_ids.shape:

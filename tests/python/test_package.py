@@ -36,10 +36,93 @@ def perturb(model, scale=0.1, seed=1):
 @pytest.mark.parametrize("order", ["import flashback, torch", "import torch, flashback",
                                    "import sentencepiece, flashback", "import flashback, sentencepiece, torch"])
 def test_import_in_any_order(order):
+    if "sentencepiece" in order:
+        pytest.importorskip("sentencepiece", reason="python3-sentencepiece is not in this venv")
     code = f"{order}; m = flashback.LlamaForCausalLM.from_pretrained({str(STORIES)!r}); print(m.vocab_size)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "512"
+
+
+def test_built_for_this_torch():
+    from flashback import _build_info
+    assert _build_info.TORCH_VERSION == torch.__version__
+
+
+def test_another_torch_fails_at_import_with_one_line():
+    # As if the environment's torch had changed since flashback was built: the check runs before the
+    # extension (built for the real one) is loaded.
+    code = "import torch; torch.__version__ = '9.8.7+other'; import flashback"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: flashback was built against torch " + torch.__version__), last
+    assert "this environment has torch 9.8.7+other" in last and "reinstall flashback" in last
+
+
+def test_forward_takes_hf_arguments():
+    m = tiny()
+    x = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        want = m(x).logits
+        out = m(input_ids=x, attention_mask=torch.ones_like(x), position_ids=torch.arange(9), past_key_values=None,
+                labels=x, use_cache=False)
+        assert torch.equal(out.logits, want) and out.loss.ndim == 0
+        gapped = m(x, position_ids=torch.tensor([0, 1, 2, 3, 4, 10, 11, 12, 13])).logits  # RoPE is relative: a gap
+        assert torch.allclose(gapped[:, :5], want[:, :5]) and not torch.allclose(gapped, want)
+        loss, logits = m(x, labels=x, return_dict=False)
+        assert torch.equal(logits, want) and torch.equal(loss, out.loss)
+        with pytest.raises(ValueError, match="attention_mask must be all ones"):
+            m(x, attention_mask=torch.ones_like(x).index_fill(1, torch.tensor([0]), 0))
+        with pytest.raises(ValueError, match="past_key_values must be None"):
+            m(x, past_key_values=[(want, want)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: benchmarks/gpu.sh tests the device")
+def test_cuda_without_a_gpu_fails_with_one_line():
+    m = tiny()
+    with pytest.raises(flashback.InvalidArgument, match="CUDA is not available to this LibTorch") as e:
+        m.to("cuda")
+    assert "\n" not in str(e.value)
+    assert m.device == torch.device("cpu")
+    with pytest.raises(flashback.InvalidArgument, match="CUDA is not available"):
+        LlamaForCausalLM.from_pretrained(STORIES, device="cuda")
+
+
+def test_hub_cache_layouts(tmp_path, monkeypatch):
+    src = tiny(seed=4)
+    repo = tmp_path / "hub/models--org--tiny"
+    src.save_pretrained(repo / "snapshots/aaa")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    x = torch.randint(0, 61, (1, 6))
+    with torch.no_grad():
+        want = src(x).logits
+        for path in (repo, "org/tiny"):  # the only snapshot, without refs/main
+            m = LlamaForCausalLM.from_pretrained(path, marks="none", tokenizer=None)
+            assert torch.equal(m(x).logits, want)
+    (repo / "snapshots/bbb").mkdir()
+    with pytest.raises(flashback.FormatError, match="2 snapshots and no refs/main"):
+        LlamaForCausalLM.from_pretrained("org/tiny", marks="none")
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text("ccc")
+    with pytest.raises(flashback.FormatError, match="refs/main names snapshot ccc"):
+        LlamaForCausalLM.from_pretrained(repo, marks="none")
+    with pytest.raises(flashback.FormatError, match="no such file or directory"):
+        LlamaForCausalLM.from_pretrained("org/absent", marks="none")
+
+
+def test_from_pretrained_takes_config_and_state_dict():
+    src = tiny(seed=3)
+    m = LlamaForCausalLM.from_pretrained(None, config=src.config.to_dict(), state_dict=src.state_dict())
+    x = torch.randint(0, 61, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(m(x).logits, src(x).logits)
+    with pytest.raises(ValueError, match="needs both config= and state_dict="):
+        LlamaForCausalLM.from_pretrained(None, config=src.config.to_dict())
+    bad = dict(src.state_dict())
+    bad["model.norm.weight"] = torch.ones(5)
+    with pytest.raises(RuntimeError, match="size mismatch for model.norm.weight"):
+        LlamaForCausalLM.from_pretrained(None, config=src.config.to_dict(), state_dict=bad)
 
 
 def test_parameters_are_the_cpp_tensors():
