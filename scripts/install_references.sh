@@ -42,19 +42,24 @@ if ls "$wheels"/llama_cpp_python-$llama_version-*.whl >/dev/null 2>&1; then
     warn "llama-cpp-python did not install into $venv"
 fi
 
-# HF transformers on PyPI torch 2.x
-refs=(torch transformers accelerate gguf safetensors numpy)
-if ! ls "$refwheels"/torch-2*.whl "$refwheels"/transformers-*.whl >/dev/null 2>&1; then
-  echo "install_references: caching torch 2.x (a CUDA build: several GB) and transformers in $refwheels" >&2
+# PyPI's current torch 2.x with HF transformers and PEFT: the references, and the second torch world
+# flashback is built and tested in (scripts/build_torch2.sh; pytest and scikit-build-core for that).
+refs=(torch transformers accelerate gguf safetensors numpy peft pytest)
+missing=()
+for r in "${refs[@]}"; do
+  ls "$refwheels"/"$r"-*.whl >/dev/null 2>&1 || missing+=("$r")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_references: caching ${missing[*]} in $refwheels (torch 2.x is a CUDA build: several GB, ~10 min the first time)" >&2
   /usr/bin/python3 -m pip download -q --dest "$refwheels" "${refs[@]}" >&2 ||
-    warn "cannot download torch/transformers (offline?): the HF transformers comparisons will be skipped"
+    warn "cannot download ${missing[*]} (offline?): the HF comparisons and the torch 2 world will be skipped"
 fi
 if ls "$refwheels"/torch-2*.whl "$refwheels"/transformers-*.whl >/dev/null 2>&1; then
-  if [ ! -x "$refvenv/bin/python" ] || ! "$refvenv/bin/python" -c "import torch, transformers, accelerate, gguf" 2>/dev/null; then
-    echo "install_references: installing torch 2.x + transformers into $refvenv" >&2
-    /usr/bin/python3 -m venv "$refvenv" &&
-      "$refvenv/bin/pip" install -q --no-index --find-links "$refwheels" "${refs[@]}" ||
-      warn "torch/transformers did not install into $refvenv"
+  if [ ! -x "$refvenv/bin/python" ] || ! "$refvenv/bin/python" -c "import torch, transformers, accelerate, gguf, peft, pytest, scikit_build_core" 2>/dev/null; then
+    echo "install_references: installing torch 2.x + transformers + peft into $refvenv" >&2
+    [ -x "$refvenv/bin/python" ] || /usr/bin/python3 -m venv "$refvenv"
+    "$refvenv/bin/pip" install -q --no-index --find-links "$refwheels" --find-links "$wheels" "${refs[@]}" \
+      "scikit-build-core>=0.10" || warn "torch/transformers/peft did not install into $refvenv"
   fi
 fi
 exit 0

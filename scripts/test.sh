@@ -21,3 +21,18 @@ if [ "${1:-}" = "--sanitize" ]; then
 fi
 cd "$build"
 ctest --output-on-failure -j"$(nproc)" --timeout 900
+# The second world: flashback pip-installed into PyPI's current torch 2.x (.venv-ref) and its C++ tests,
+# CLI and HF/PEFT interop built against the LibTorch in that wheel (build-torch2/); the minutes-long
+# tests (label "long") ran above.
+if [ "${1:-}" != "--sanitize" ] && [ "${FLASHBACK_TORCH2:-1}" != 0 ]; then
+  rc=0
+  "$root/scripts/build_torch2.sh" || rc=$?
+  if [ "$rc" = 3 ]; then
+    echo "test.sh: warning: no torch 2.x venv: the torch 2 world was skipped" >&2
+  elif [ "$rc" != 0 ]; then
+    exit "$rc"
+  else
+    cd "${FLASHBACK_TORCH2_BUILD_DIR:-$root/build-torch2}"
+    ctest --output-on-failure -j"$(nproc)" --timeout 900 -LE long
+  fi
+fi
