@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU check, one prepared command for a lent GPU machine (short: a session has 15 minutes of device
+# time). It builds flashback against the machine's PyTorch (its LibTorch, CUDA on), runs the CUDA tests
+# (flashback_tests "[cuda]"), then the paper's runtime test on a Llama-2-7B-shaped model with random
+# weights, `flashback bench ralm` and the same protocol in HF transformers (benchmarks/hf_ralm.py: eager,
+# DynamicCache cropped for append) side by side, at init/total 512/1024, 1536/2048, 3584/4096. It checks
+# that both encode the same tokens, writes every result to $OUT (or build-gpu/out) and prints the ratios.
+#
+# Here, first:   benchmarks/gpu.sh --fetch-deps     (the Debian -dev packages a bare GPU image lacks -> .gpu-deps/)
+# There:         device run, carry [".gpu-deps"], command "benchmarks/gpu.sh"
+# A dry run:     benchmarks/gpu.sh --device cpu --tiny   (a tiny model, fp32, on the CPU; FLASHBACK_GPU_BUILD
+#                may name an existing build, e.g. build-torch2, and PYTHON a Python with torch 2 + transformers)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
+points="512/1024 1536/2048 3584/4096"
+config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
+while [ $# -gt 0 ]; do
+  case $1 in
+    --fetch-deps)
+      mkdir -p "$root/.gpu-deps" && cd "$root/.gpu-deps" &&
+        apt-get download libpcre2-dev libpcre2-8-0 catch2 libcli11-dev nlohmann-json3-dev 2>/dev/null
+      grep -qx '/.gpu-deps/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpu-deps/' >>"$root/.git/info/exclude"
+      ls "$root/.gpu-deps"; exit 0 ;;
+    --device) device=$2; shift ;;
+    --tiny) tiny=1 ;;
+    --dtypes) dtypes=$2; shift ;;
+    --hf-dtypes) hf_dtypes=$2; shift ;;
+    *) echo "gpu.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$tiny" = 1 ]; then
+  config=hidden=64,layers=2,heads=4,kv_heads=2,ffn=128,vocab=300 points="96/256" dtypes=fp32 hf_dtypes=fp32
+fi
+out=${OUT:-$root/build-gpu/out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+log() { echo "[gpu.sh $(date +%H:%M:%S)] $*" >&2; }
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())" >&2
+
+# ---- build (an existing build dir is only brought up to date)
+build=${FLASHBACK_GPU_BUILD:-$root/build-gpu}
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  prefix=/tmp/flashback-gpu-deps
+  if ls "$root"/.gpu-deps/*.deb >/dev/null 2>&1; then
+    mkdir -p "$prefix" && for d in "$root"/.gpu-deps/*.deb; do dpkg -x "$d" "$prefix"; done
+  fi
+  torch_cmake=$("$py" -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
+  log "configuring $build against $torch_cmake"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr" \
+    -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF \
+    -DPython3_EXECUTABLE="$(command -v "$py")" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+fi
+log "building flashback_cli flashback_tests in $build"
+cmake --build "$build" -j"$(nproc)" --target flashback_cli flashback_tests >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+exe=$build/flashback
+
+# ---- the CUDA tests (skipped, visibly, on a machine without a GPU)
+log "flashback_tests [cuda]"
+"$build/tests/flashback_tests" "[cuda]" 2>&1 | tee "$out/cuda_tests.log" | tail -4
+
+# ---- the paper's runtime test, flashback and HF side by side
+for point in $points; do
+  init=${point%/*} total=${point#*/}
+  for dt in ${dtypes//,/ }; do
+    log "flashback bench ralm $dt $init/$total"
+    "$exe" bench ralm --config "$config" --dtype "$dt" --device "$device" --init "$init" --total "$total" \
+      --repeats 1 --json >"$out/flashback-$dt-$init-$total.json"
+  done
+  for dt in ${hf_dtypes//,/ }; do
+    log "hf_ralm $dt $init/$total"
+    "$py" "$root/benchmarks/hf_ralm.py" --config "$config" --dtype "$dt" --device "$device" --init "$init" \
+      --total "$total" >"$out/hf-$dt-$init-$total.json"
+  done
+done
+
+"$py" - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows, bad = [], []
+for f in sorted(out.glob("flashback-*.json")):
+    fb = json.loads(f.read_text().strip().splitlines()[-1])
+    m = {e["mode"]: e for e in fb["modes"]}
+    row = {"dtype": fb["dtype"], "init": fb["init"], "total": fb["total"], "flashback_append_s": m["append"]["seconds"],
+           "flashback_prepend_s": m["prepend"]["seconds"], "flashback_speedup": fb.get("speedup_append_over_prepend")}
+    hf_file = out / f"hf-{fb['dtype']}-{fb['init']}-{fb['total']}.json"
+    if hf_file.exists():
+        hf = json.loads(hf_file.read_text().strip().splitlines()[-1])
+        h = {e["mode"]: e for e in hf["modes"]}
+        for mode in ("append", "prepend"):  # the same protocol: the same tokens encoded and decoded
+            if h[mode]["tokens_encoded"] != m[mode]["tokens_reencoded"] or h[mode]["generated"] != m[mode]["generated"]:
+                bad.append(f"{hf_file.name} {mode}: HF encoded {h[mode]['tokens_encoded']} / generated "
+                           f"{h[mode]['generated']}, flashback {m[mode]['tokens_reencoded']} / {m[mode]['generated']}")
+        row.update({"hf_append_s": h["append"]["seconds"], "hf_prepend_s": h["prepend"]["seconds"],
+                    "hf_speedup": hf["speedup_append_over_prepend"],
+                    "flashback_append_over_hf_append": h["append"]["seconds"] / m["append"]["seconds"]})
+    rows.append(row)
+(out / "gpu.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+for r in rows:
+    print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+if bad:
+    sys.exit("gpu.sh: the two protocols differ: " + "; ".join(bad))
+EOF
+log "done: $out/gpu.json"
