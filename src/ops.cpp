@@ -74,9 +74,9 @@ at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   // in its storage dtype.
   const bool decode = q.size(2) == 1 && start + 1 == k.size(2);
   if (kernels_on() && decode && kernels::decode_attention_usable(q, k, v)) return kernels::decode_attention(q, k, v);
-  // LibTorch 2.x's fused attention: off the CPU always; on it, for several query rows (its blocked flash
-  // kernel measured 1.3-8x faster than the blocks below at T = 146..2048, fp32 and bf16:
-  // docs/performance.md); one decode row keeps the kernel above.
+  // LibTorch 2.x's fused attention: off the CPU always; on it, for several query rows (its flash kernel
+  // measured 1.2-2.2x faster than the blocks below at T = 16..2048, fp32 and bf16: docs/performance.md);
+  // one decode row keeps the kernel above.
   if (compat::kHasSdpa && (!q.is_cpu() || q.size(2) > 1)) return fused_causal_attention(q, k, v, start);
   return grouped_causal_attention(q, k, v, start);
 }
@@ -113,18 +113,21 @@ at::Tensor attention_block(const at::Tensor& q, const at::Tensor& k, const at::T
 }
 }  // namespace
 
-// GQA folded into rows as in attention_block: row g * T + t of KV head n is query head n * G + g at slot
-// start + t.
+// Query heads share KV heads through the kernel itself where LibTorch can (2.5 on: a causal prefill keeps
+// its is_causal fast path), else folded into rows as in attention_block (row g * T + t of KV head n is
+// query head n * G + g at slot start + t).
 at::Tensor fused_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), G = H / Hkv;
-  at::Tensor qg = q.reshape({B, Hkv, G * T, D});  // [B, Hkv, G*T, D]
-  if (G == 1 && start == 0 && T == S) return compat::sdpa(qg, k, v, {}, /*causal=*/true).view({B, H, T, D});
-  at::Tensor mask;                                // none: the last T slots see every key (one decode row)
+  const bool fold = G > 1 && !compat::kSdpaGqa;
+  at::Tensor qg = fold ? q.reshape({B, Hkv, G * T, D}) : q;  // [B, Hkv, G*T, D] or [B, H, T, D]
+  if (start == 0 && T == S && !fold) return compat::sdpa(qg, k, v, {}, /*causal=*/true);  // [B, H, T, D]
+  at::Tensor mask;  // none: the last T slots see every key (one decode row)
   if (T > 1 || start + T < S) {
     auto idx = at::TensorOptions().dtype(at::kLong).device(q.device());
-    at::Tensor qslot = at::arange(start, start + T, idx).repeat({G}).unsqueeze(1);  // [G*T, 1]
-    mask = at::arange(S, idx).unsqueeze(0) <= qslot;                              // [G*T, S]
+    at::Tensor qslot = at::arange(start, start + T, idx);
+    if (fold) qslot = qslot.repeat({G});
+    mask = at::arange(S, idx).unsqueeze(0) <= qslot.unsqueeze(1);  // [G*T or T, S]
   }
   return compat::sdpa(qg, k, v, mask, /*causal=*/false).view({B, H, T, D});  // [B, H, T, D]
 }

@@ -9,15 +9,19 @@
 namespace flashback::compat {
 
 // LibTorch's fused attention, at::scaled_dot_product_attention (2.0 on): flash / memory-efficient kernels
-// on CUDA, a blocked flash kernel on CPU.
+// on CUDA, a blocked flash kernel on CPU; from 2.5 it takes fewer KV heads than query heads itself.
 constexpr bool kHasSdpa = TORCH_VERSION_MAJOR >= 2;
+constexpr bool kSdpaGqa = TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
 
-// softmax(q k^T / sqrt(D), masked) v.   q: [B, N, T, D], k, v: [B, N, S, D]; mask: bool [T, S] (true: may
-// attend) or undefined; causal: query i sees keys j <= i (T == S, no mask) -> [B, N, T, D]. Throws on a
-// LibTorch without it.
+// softmax(q k^T / sqrt(D), masked) v.   q: [B, H, T, D], k, v: [B, Hkv, S, D] (Hkv == H, or Hkv | H where
+// kSdpaGqa); mask: bool [T, S] (true: may attend) or undefined; causal: query i sees keys j <= i (T == S,
+// no mask) -> [B, H, T, D]. Throws on a LibTorch without it.
 inline at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                        bool causal) {
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
+                                          0.0, causal, c10::nullopt, /*enable_gqa=*/q.size(1) != k.size(1));
+#elif TORCH_VERSION_MAJOR >= 2
   return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
                                           0.0, causal);
 #else
