@@ -120,7 +120,8 @@ bool half_matmul_works(const at::Device& device) {
   return ok;
 }
 
-void check_dtype(at::ScalarType dtype, const at::Device& device) {
+// The device and dtype a model may compute in here.
+void check_compute(at::ScalarType dtype, const at::Device& device) {
   if (device.is_cuda() && !at::hasCUDA())
     throw InvalidArgument("device " + device.str() + ": CUDA is not available to this LibTorch (" TORCH_VERSION
                           "): it was built without CUDA, or no GPU is visible");
@@ -135,7 +136,7 @@ void check_dtype(at::ScalarType dtype, const at::Device& device) {
 
 bool supports_dtype(at::ScalarType dtype, const at::Device& device) {
   try {
-    check_dtype(dtype, device);
+    check_compute(dtype, device);
     return true;
   } catch (const InvalidArgument&) {
     return false;
@@ -145,7 +146,7 @@ bool supports_dtype(at::ScalarType dtype, const at::Device& device) {
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config, LlamaForCausalLMOptions options)
     : config_(std::move(config)), options_(options), ops_(options.kernels) {
   config_.validate("LlamaConfig");
-  check_dtype(options_.dtype, options_.device);
+  check_compute(options_.dtype, options_.device);
   auto topts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
   model = register_module("model", LlamaModel(config_, topts));
   if (!config_.tie_word_embeddings)
@@ -273,7 +274,7 @@ void LlamaForCausalLMImpl::init_random(uint64_t seed) {
 }
 
 void LlamaForCausalLMImpl::to(at::Device device, at::ScalarType dtype, bool non_blocking) {
-  check_dtype(dtype, device);
+  check_compute(dtype, device);
   torch::nn::Module::to(device, dtype, non_blocking);
   options_.device = device;
   options_.dtype = dtype;
@@ -281,13 +282,13 @@ void LlamaForCausalLMImpl::to(at::Device device, at::ScalarType dtype, bool non_
 }
 
 void LlamaForCausalLMImpl::to(at::ScalarType dtype, bool non_blocking) {
-  check_dtype(dtype, options_.device);
+  check_compute(dtype, options_.device);
   torch::nn::Module::to(dtype, non_blocking);
   options_.dtype = dtype;
 }
 
 void LlamaForCausalLMImpl::to(at::Device device, bool non_blocking) {
-  check_dtype(options_.dtype, device);
+  check_compute(options_.dtype, device);
   torch::nn::Module::to(device, non_blocking);
   options_.device = device;
   rope_ = make_rotary_tables(config_, device);

@@ -211,8 +211,8 @@ class LlamaForCausalLM(nn.Module):
         sd = dict(state_dict)
         for key in [k for k in sd if k.endswith("rotary_emb.inv_freq")]:  # a buffer, derived from the config
             del sd[key]
-        if model.config.to_dict().get("tie_word_embeddings") and "lm_head.weight" not in model._parameters:
-            sd.pop("lm_head.weight", None)  # HF lists the tied head under both names
+        if "lm_head.weight" not in model._parameters:
+            sd.pop("lm_head.weight", None)  # tied: HF lists the head under both names
         model.load_state_dict({k: v.detach().to("cpu") for k, v in sd.items()}, strict=True)
         return model.to(device).eval()
 

@@ -1,7 +1,5 @@
 #include "flashback/io/hub_cache.hpp"
 
-#include <sys/stat.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
