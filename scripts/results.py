@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 QKVO = tuple(LoraConfig().target_modules)  # the paper's
 ALL_LINEAR = tuple(LoraConfig(target_modules="all-linear").target_modules)
 
-# name -> (layout, marks, LoRA targets, rank, doc_positions); alpha = 2 r and dropout 0.05 throughout (the
+# name -> (layout, marks, LoRA targets, rank, doc_positions[, steps]); alpha = 2 r and dropout 0.05 throughout (the
 # paper's ratio). doc_positions: where RoPE puts the appended block (layout.hpp): "before" the input (flashback's
-# default) or "after" it (the paper's layout).
+# default) or "after" it (the paper's layout). steps: a run of its own length (default --steps).
 MAIN = {
     "append + marks + LoRA": ("append", True, QKVO, 16, "before"),
     "prepend + LoRA": ("prepend", False, QKVO, 16, "before"),
@@ -65,13 +65,24 @@ ABLATIONS = {
     # the all-linear recipe's own controls: the bar compares like with like
     "none + LoRA, all linear (control)": ("none", False, ALL_LINEAR, 16, "before"),
     "prepend + LoRA, all linear": ("prepend", False, ALL_LINEAR, 16, "before"),
+    # twice the steps, with the control at the same steps (every 40-step curve still falls at step 40)
+    "append + marks + LoRA, 80 steps": ("append", True, QKVO, 16, "before", 80),
+    "none + LoRA, 80 steps (control)": ("none", False, QKVO, 16, "before", 80),
+}
+# an append ablation's like-for-like controls (default: the q/k/v/o ones of MAIN): (none + LoRA, prepend + LoRA)
+CONTROLS = {
+    "append + marks + LoRA, all linear": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
+    "append + marks + LoRA, all linear, r=8": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
+    "append + marks + LoRA, 80 steps": ("none + LoRA, 80 steps (control)", None),
 }
 # --ablations takes these short names (in this order: the likeliest to change the recipe first)
 ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-r8": "append + marks + LoRA, all linear, r=8",
                  "none-all-linear": "none + LoRA, all linear (control)", "prepend-all-linear": "prepend + LoRA, all linear",
                  "r64": "append + marks + LoRA, r=64", "r8": "append + marks + LoRA, r=8",
-                 "after": "append + marks + LoRA, positions after (the paper's)"}
+                 "after": "append + marks + LoRA, positions after (the paper's)",
+                 "steps80": "append + marks + LoRA, 80 steps", "none-steps80": "none + LoRA, 80 steps (control)"}
 assert set(ABLATION_KEYS.values()) == set(ABLATIONS)
+assert set(CONTROLS) <= set(ABLATIONS) and all(c in ABLATIONS for cs in CONTROLS.values() for c in cs if c)
 # The table's rows, in order (ablations with --ablation-ppl follow).
 TABLE = ["none (no retrieval)", "prepend", "append, positions after (the paper's)",
          "append + marks, positions after (the paper's)", "append + marks", "append + marks + LoRA",
@@ -214,17 +225,19 @@ class Experiment:
         return out
 
     # ---------------------------------------------------------------- fine-tuning
-    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str) -> Optional[Dict]:
+    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str,
+              steps: Optional[int] = None) -> Optional[Dict]:
         a = self.args
+        steps = steps or a.steps
         settings = {"fingerprint": self.fingerprint, "layout": layout, "marks": marks, "targets": list(targets), "r": r,
-                    "alpha": 2 * r, "dropout": 0.05, "steps": a.steps, "batch": a.batch_size, "lr": a.lr,
+                    "alpha": 2 * r, "dropout": 0.05, "steps": steps, "batch": a.batch_size, "lr": a.lr,
                     "warmup": a.warmup, "train_max_length": a.train_max_length, "seed": a.seed,
                     "train_tokens": len(self.train_stream), "eval_examples": a.eval_examples}
         if layout == "append":
             settings["doc_positions"] = positions
         key = key_of(settings)
         d = self.out / "runs" / f"{slug(name)}-{key}"
-        run = {"name": name, "key": key, "dir": d, "steps": a.steps, "settings": settings}
+        run = {"name": name, "key": key, "dir": d, "steps": steps, "settings": settings}
         if (d / "history.json").exists() and (d / "adapter" / "adapter_config.json").exists():
             run["history"] = json.loads((d / "history.json").read_text())
             log(f"fine-tuning {name}: done (cached)")
@@ -236,7 +249,7 @@ class Experiment:
         model.requires_grad_(False)
         dc = DataConfig(layout=layout, marks=marks, seed=a.seed, max_length=a.train_max_length, doc_positions=positions)
         train = build_examples(self.train_stream, self.tokenizer, self.retriever, dc, mark_left=self.mark_left,
-                               limit=a.steps * a.batch_size)
+                               limit=steps * a.batch_size)
         # the held-out examples: the evaluation protocol's max length, another seed
         evals = build_examples(self.heldout_stream, self.tokenizer, self.retriever,
                                DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions=positions),
@@ -245,20 +258,20 @@ class Experiment:
         lora = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=tuple(targets),
                           trainable_token_indices=[self.mark_left, self.mark_left + 1] if marks else [])
         # micro-batches of one example: no padding (a step is the same gradient as one batch)
-        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, grad_accum=a.batch_size, lr=a.lr,
+        cfg = TrainConfig(steps=steps, batch_size=a.batch_size, grad_accum=a.batch_size, lr=a.lr,
                           warmup_steps=a.warmup, eval_every=a.eval_every, save_every=5, seed=a.seed,
                           progress=False)  # a checkpoint every 5 steps: an interrupted run resumes there
         t = time.time()
         base_loss = evaluate_loss(model, evals)
-        log(f"fine-tuning {name}: {len(train)} examples, {a.steps} steps of {a.batch_size}; held-out loss at step 0 "
+        log(f"fine-tuning {name}: {len(train)} examples, {steps} steps of {a.batch_size}; held-out loss at step 0 "
             f"{base_loss:.4f}")
 
         def on_step(rec: Dict) -> None:
             el = time.time() - t
-            if rec["step"] % 5 == 0 or "eval_loss" in rec or rec["step"] == a.steps:
-                log(f"  {name}: step {rec['step']}/{a.steps} loss {rec['loss']:.4f}" +
+            if rec["step"] % 5 == 0 or "eval_loss" in rec or rec["step"] == steps:
+                log(f"  {name}: step {rec['step']}/{steps} loss {rec['loss']:.4f}" +
                     (f" held-out {rec['eval_loss']:.4f}" if "eval_loss" in rec else "") +
-                    f", {el / rec['step']:.1f} s/step, ~{el / rec['step'] * (a.steps - rec['step']) / 60:.0f} min left")
+                    f", {el / rec['step']:.1f} s/step, ~{el / rec['step'] * (steps - rec['step']) / 60:.0f} min left")
 
         res = finetune(model, train, evals, cfg, d, lora=lora, resume=True, on_step=on_step)
         hist = [{"step": 0, "eval_loss": base_loss}] + res["history"]
@@ -331,8 +344,7 @@ def main() -> int:
             report()
 
     def train(name: str, spec) -> None:
-        layout, marks, targets, r, positions = spec
-        got = ex.train(name, layout, marks, targets, r, positions)
+        got = ex.train(name, *spec)
         if got is not None:
             runs[name] = got
             report()
@@ -548,18 +560,16 @@ def write_markdown(rep: Dict, path: Path) -> None:
             f"* vs none (no retrieval) {none:.3f}: {'below' if al < none else 'NOT below'}; "
             f"vs none+LoRA {nl:.3f}: {'not worse' if al <= nl else 'worse'}.",
         ]
-    # the other append recipes against the same bar, and the all-linear ones against their own controls too
-    p2, n2 = by.get("prepend + LoRA, all linear", {}).get("ppl"), by.get("none + LoRA, all linear (control)", {}).get("ppl")
+    # the other append recipes against the same bar, and against their own like-for-like controls (CONTROLS)
     for name, spec in ABLATIONS.items():
         a2 = by.get(name, {}).get("ppl")
         if not a2 or spec[0] != "append":
             continue
-        own = spec[2] == ALL_LINEAR
+        own = [(c, by.get(c, {}).get("ppl")) for c in CONTROLS.get(name, ()) if c]
         lines.append(f"* {name}: {a2:.3f}"
                      + (f"; vs prepend+LoRA {pl:.3f}: {a2 / pl - 1:+.1%}" if pl else "")
                      + (f"; vs none+LoRA {nl:.3f}: {a2 / nl - 1:+.1%}" if nl else "")
-                     + (f"; vs prepend+LoRA, all linear {p2:.3f}: {a2 / p2 - 1:+.1%}" if own and p2 else "")
-                     + (f"; vs none+LoRA, all linear {n2:.3f}: {a2 / n2 - 1:+.1%}" if own and n2 else "") + ".")
+                     + "".join(f"; vs {c} {v:.3f}: {a2 / v - 1:+.1%}" for c, v in own if v) + ".")
     info = SHIPPED / "flashback.json"
     if info.exists():
         desc = json.loads(info.read_text()).get("description", "")
