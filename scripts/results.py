@@ -39,9 +39,10 @@ import torch
 
 import flashback
 from flashback import LlamaForCausalLM, LoraConfig
-from flashback.data import DataConfig, build_examples, wikitext_articles
+from flashback.data import DataConfig, build_examples, collate, collate_positions, wikitext_articles
 from flashback.finetune import TrainConfig, evaluate_loss, finetune
 from flashback.io import write_text_atomic
+from flashback.loss import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 QKVO = tuple(LoraConfig().target_modules)  # the paper's
@@ -328,6 +329,8 @@ def main() -> int:
     ap.add_argument("--ablation-ppl", action="store_true", help="also score each ablation's perplexity")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--per-target", action="store_true",
+                    help="held-out loss per target position of the PER_TARGET runs and layouts (cached)")
     ap.add_argument("--ship", action="store_true", help="export the best append+marks adapter to adapters/")
     ap.add_argument("--report-only", action="store_true",
                     help="compute no row or run: write docs/results.* from what the cache holds (pending rows "
@@ -338,7 +341,7 @@ def main() -> int:
 
     # The work in order of what the bar needs first (every result is cached, so an interrupted run resumes);
     # the table lists the rows in TABLE order and is rewritten after each step, pending rows marked.
-    runs, by = {}, {}
+    runs, by, pts = {}, {}, []
     docs = Path(args.docs)
     keys = [a.strip() for a in args.ablations.split(",") if a.strip()]
     unknown = [k for k in keys if k not in ABLATION_KEYS]
@@ -351,7 +354,7 @@ def main() -> int:
         pending = [n for n in TABLE if n not in by] + [n for n in ablations if n not in runs]
         rep = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
                "rows": rows, "pending": pending, "curves": {n: r["history"] for n, r in runs.items()},
-               "settings": {n: r["settings"] for n, r in runs.items()},
+               "settings": {n: r["settings"] for n, r in runs.items()}, "per_target": pts,
                # the work the cache holds, whenever it was done
                "seconds": sum(r["wall_seconds"] for r in rows) +
                           sum(max((h.get("seconds", 0) for h in r["history"]), default=0) for r in runs.values())}
@@ -383,6 +386,9 @@ def main() -> int:
         train(name, ABLATIONS[name])
         if args.ablation_ppl:
             row(name, ABLATIONS[name][0], ABLATIONS[name][1], runs.get(name), ABLATIONS[name][4])
+    if args.per_target:
+        pts.extend(per_target(ex, runs))
+        report()
     if args.ship and runs:
         ship(ex, runs, list(by.values()))
     row("prepend", "prepend", False)
@@ -394,6 +400,64 @@ def main() -> int:
         ship(ex, runs, list(by.values()))
     log(f"wrote {docs / 'results.md'}, results.json, results_curves.png ({(time.time() - T0) / 60:.0f} min)")
     return 0
+
+
+# --per-target: (fine-tuned run or None for the base model, the layout its held-out examples are built in);
+# results_attempts.md section 8 (does the gap come from the document at inference, or from the adapter?)
+PER_TARGET = [(None, "none"), (None, "append"), ("none + LoRA (control)", "none"),
+              ("none + LoRA (control)", "append"), ("append + marks + LoRA", "append"),
+              ("append + marks + LoRA", "none"), ("prepend + LoRA", "prepend"),
+              ("append + marks + LoRA, half the examples without documents", "append"),
+              ("append + marks + LoRA, half the examples without documents", "none")]
+
+
+def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
+    """Held-out loss per target position (the training curves' examples: seed + 1, --eval-examples, built in
+    the given layout with doc_positions before; marks in the append layout), for each PER_TARGET pair whose
+    run the cache holds; cached."""
+    a, out = ex.args, []
+    for name, layout in PER_TARGET:
+        run = runs.get(name) if name else None
+        if name and run is None:
+            continue
+        key = key_of([ex.fingerprint, run["key"] if run else None, layout, a.seed + 1, a.eval_examples])
+        path = ex.out / "per_target" / f"{slug(name or 'base')}-{layout}-{key}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        if a.report_only:
+            continue
+        model = ex.load()
+        if run:
+            model.load_adapter(run["dir"] / "adapter", merge=True)
+        model.eval()
+        marks = layout == "append"
+        evals = build_examples(ex.heldout_stream, ex.tokenizer, ex.retriever,
+                               DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions="before"),
+                               mark_left=ex.mark_left, limit=a.eval_examples)
+        total, count = torch.zeros(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+        with torch.no_grad():
+            for e in evals:
+                ids, labels = collate([e])
+                logits = model(ids, position_ids=collate_positions([e])).logits[0, :-1, :ex.mark_left]
+                lab = labels[0, 1:]
+                rows = (lab != IGNORE_INDEX).nonzero().squeeze(1)
+                nll = -torch.log_softmax(logits.double(), -1)[rows, lab[rows]]
+                # right-aligned: the last scored token is the last target, whether or not the first is scored
+                at = DataConfig().target_tokens - len(rows)
+                total[at:at + len(rows)] += nll
+                count[at:at + len(rows)] += 1
+        n = int((count > 0).nonzero().max()) + 1
+        loss = [float(total[i] / count[i]) if count[i] else None for i in range(n)]
+        rec = {"run": name or "base model", "layout": layout, "examples": len(evals), "per_target": loss,
+               "targets_2_on": float(total[1:n].sum() / count[1:n].sum())}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(rec, indent=1) + "\n")
+        out.append(rec)
+    for r in out:
+        log(f"per target: {r['run']} in {r['layout']}: targets 2.. {r['targets_2_on']:.4f} ("
+            + " ".join("-" if x is None else f"{x:.2f}" for x in r["per_target"]) + ")")
+    return out
 
 
 def sample_faults(samples: List[Dict]) -> List[str]:
