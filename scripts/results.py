@@ -254,7 +254,7 @@ class Experiment:
         if layout == "append":
             settings["doc_positions"] = positions
         if mix:
-            settings["mix_none"] = mix
+            settings["mix_none"], settings["mix_windows"] = mix, "distinct"
         key = key_of(settings)
         d = self.out / "runs" / f"{slug(name)}-{key}"
         run = {"name": name, "key": key, "dir": d, "steps": steps, "settings": settings}
@@ -268,14 +268,14 @@ class Experiment:
         model = self.load()
         model.requires_grad_(False)
         dc = DataConfig(layout=layout, marks=marks, seed=a.seed, max_length=a.train_max_length, doc_positions=positions)
-        n_none = round(steps * a.batch_size * mix)
+        n = steps * a.batch_size
         train = build_examples(self.train_stream, self.tokenizer, self.retriever, dc, mark_left=self.mark_left,
-                               limit=steps * a.batch_size - n_none)
-        if n_none:  # finetune draws seeded permutations: the two kinds mix within every step
-            train += build_examples(self.train_stream, self.tokenizer, None,
-                                    DataConfig(layout="none", marks=False, seed=a.seed + 2,
-                                               max_length=a.train_max_length),
-                                    limit=n_none)
+                               limit=n)
+        if mix:  # every target window once, a `mix` share of them (evenly spread) in the none layout instead
+            plain = build_examples(self.train_stream, self.tokenizer, None,
+                                   DataConfig(layout="none", marks=False, seed=a.seed + 2,
+                                              max_length=a.train_max_length), limit=n)
+            train = [plain[i] if int((i + 1) * mix) > int(i * mix) else train[i] for i in range(n)]
         # the held-out examples: the evaluation protocol's max length, another seed
         evals = build_examples(self.heldout_stream, self.tokenizer, self.retriever,
                                DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions=positions),
