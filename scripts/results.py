@@ -527,7 +527,7 @@ def adapter_readme(ex: Experiment, name: str, run: Dict, rows: List[Dict]) -> st
         "* held-out loss by step: " + ", ".join(f"{s_} {l:.4f}" for s_, l in ev),
     ]
     if name in ppl:
-        lines.append(f"* held-out perplexity ({ex.split['heldout_tokens']:,} tokens, stride 16, doc 128, max length "
+        lines.append(f"* held-out perplexity ({ex.split['heldout_tokens'] - 1:,} scored tokens, stride 16, doc 128, max length "
                      f"512): {ppl[name]:.3f}" + "".join(f"; {k} {v:.3f}" for k, v in ppl.items() if k != name))
     lines.append(f"* samples (the main job's prompt, append + marks, temperature 0.7, top-p 0.9, {SAMPLE_TOKENS} "
                  f"tokens, seeds {', '.join(map(str, SAMPLE_SEEDS))}): none falls into a run of blank lines; the "
