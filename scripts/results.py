@@ -432,10 +432,11 @@ def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
             model.load_adapter(run["dir"] / "adapter", merge=True)
         model.eval()
         marks = layout == "append"
-        evals = build_examples(ex.heldout_stream, ex.tokenizer, ex.retriever,
-                               DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions="before"),
-                               mark_left=ex.mark_left, limit=a.eval_examples)
-        total, count = torch.zeros(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+        cfg = DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions="before")
+        evals = build_examples(ex.heldout_stream, ex.tokenizer, ex.retriever, cfg, mark_left=ex.mark_left,
+                               limit=a.eval_examples)
+        total = torch.zeros(cfg.target_tokens, dtype=torch.float64)
+        count = torch.zeros(cfg.target_tokens, dtype=torch.float64)
         with torch.no_grad():
             for e in evals:
                 ids, labels = collate([e])
@@ -444,13 +445,12 @@ def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
                 rows = (lab != IGNORE_INDEX).nonzero().squeeze(1)
                 nll = -torch.log_softmax(logits.double(), -1)[rows, lab[rows]]
                 # right-aligned: the last scored token is the last target, whether or not the first is scored
-                at = DataConfig().target_tokens - len(rows)
+                at = cfg.target_tokens - len(rows)
                 total[at:at + len(rows)] += nll
                 count[at:at + len(rows)] += 1
-        n = int((count > 0).nonzero().max()) + 1
-        loss = [float(total[i] / count[i]) if count[i] else None for i in range(n)]
+        loss = [float(t / c) if c else None for t, c in zip(total, count)]
         rec = {"run": name or "base model", "layout": layout, "examples": len(evals), "per_target": loss,
-               "targets_2_on": float(total[1:n].sum() / count[1:n].sum())}
+               "targets_2_on": float(total[1:].sum() / count[1:].sum())}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(rec, indent=1) + "\n")
         out.append(rec)
