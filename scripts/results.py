@@ -18,7 +18,10 @@ loss curves (and perplexity with --ablation-ppl). Writes docs/results.md, docs/r
 and docs/results_curves.png; --ship exports the best append+marks adapter to adapters/.
 
 Every row and training run is cached under --out (keyed by its settings): a rerun skips what
-is done and resumes an interrupted fine-tuning from its checkpoint.
+is done and resumes an interrupted fine-tuning from its checkpoint. docs/results.json is the record
+of what was measured: where the cache lacks a row, curve or per-target loss that the record holds
+with the same settings (a fresh clone), the record's figure is used and not recomputed; a recorded
+run's adapter is trained again only when something needs it (a row, the samples, --ship).
 
 usage: .venv/bin/python scripts/results.py [--steps 40] [--ship]   (after scripts/install_python.sh)"""
 
@@ -54,7 +57,9 @@ class Spec(NamedTuple):
     """A fine-tuned row: alpha = 2 r and dropout 0.05 throughout (the paper's ratio). doc_positions: where RoPE
     puts the appended block (layout.hpp): "before" the input (flashback's default) or "after" it (the paper's
     layout). steps: a run of its own length (None: --steps). mix: the share of the training examples built in
-    the none layout instead (the same text without a document; the eval examples keep the layout)."""
+    the none layout instead (the same text without a document; the eval examples keep the layout). seed: the
+    training seed (the windows, the initialization, the dropout; None: --seed); the held-out examples stay
+    --seed's."""
     layout: str
     marks: bool
     targets: Tuple[str, ...]
@@ -62,6 +67,7 @@ class Spec(NamedTuple):
     doc_positions: str = "before"
     steps: Optional[int] = None
     mix: float = 0.0
+    seed: Optional[int] = None
 
 
 MAIN = {
@@ -85,12 +91,18 @@ ABLATIONS = {
     # the append adapter is worse than none+LoRA's even on text without a document (results_attempts.md
     # section 8): half its examples in the none layout
     "append + marks + LoRA, half the examples without documents": Spec("append", True, QKVO, mix=0.5),
+    # the 80-step bar like for like needs prepend at 80 steps too
+    "prepend + LoRA, 80 steps": Spec("prepend", False, QKVO, 16, "before", 80),
+    # is a 3% gap more than a change of seed moves? (the windows, the initialization, the dropout)
+    "append + marks + LoRA, seed 1": Spec("append", True, QKVO, seed=1),
+    "none + LoRA, seed 1 (control)": Spec("none", False, QKVO, seed=1),
 }
 # an append ablation's like-for-like controls (default: the q/k/v/o ones of MAIN): (none + LoRA, prepend + LoRA)
 CONTROLS = {
     "append + marks + LoRA, all linear": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
     "append + marks + LoRA, all linear, r=8": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
-    "append + marks + LoRA, 80 steps": ("none + LoRA, 80 steps (control)", None),
+    "append + marks + LoRA, 80 steps": ("none + LoRA, 80 steps (control)", "prepend + LoRA, 80 steps"),
+    "append + marks + LoRA, seed 1": ("none + LoRA, seed 1 (control)", None),
 }
 # --ablations takes these short names (in this order: the likeliest to change the recipe first)
 ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-r8": "append + marks + LoRA, all linear, r=8",
@@ -98,7 +110,9 @@ ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-
                  "r64": "append + marks + LoRA, r=64", "r8": "append + marks + LoRA, r=8",
                  "after": "append + marks + LoRA, positions after (the paper's)",
                  "steps80": "append + marks + LoRA, 80 steps", "none-steps80": "none + LoRA, 80 steps (control)",
-                 "mix50": "append + marks + LoRA, half the examples without documents"}
+                 "mix50": "append + marks + LoRA, half the examples without documents",
+                 "prepend-steps80": "prepend + LoRA, 80 steps", "seed1": "append + marks + LoRA, seed 1",
+                 "none-seed1": "none + LoRA, seed 1 (control)"}
 assert set(ABLATION_KEYS.values()) == set(ABLATIONS)
 assert set(CONTROLS) <= set(ABLATIONS) and all(c in ABLATIONS for cs in CONTROLS.values() for c in cs if c)
 # The table's rows, in order (ablations with --ablation-ppl follow).
@@ -174,9 +188,54 @@ class Experiment:
             "heldout_tokens": len(self.eval_ids),
             "train": f"wiki.test.raw, the other {len(self.train_articles)} articles ({len(self.train_stream)} tokens)",
         }
+        self.record = self.read_record(Path(args.docs) / "results.json")
         log(f"split: corpus {self.split['corpus']}; held-out {h} test articles ({len(self.eval_ids)} tokens); "
             f"fine-tuning {len(self.train_articles)} test articles ({len(self.train_stream)} tokens)")
         del base
+
+    def read_record(self, path: Path) -> Optional[Dict]:
+        """docs/results.json when it measured this model on these held-out tokens (else None)."""
+        if not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+            same = (rec["fingerprint"] == self.fingerprint and rec["split"] == self.split
+                    and rec["args"]["score_tokens"] == self.args.score_tokens)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"results: {path}: not a results record ({e})")
+        if not same:
+            log(f"{path} measured another model or other held-out tokens: not used")
+            return None
+        return rec
+
+    def recorded_run(self, name: str, settings: Dict) -> Optional[List[Dict]]:
+        """The record's held-out curve of the run `name` when it was trained with exactly these settings."""
+        rec = self.record
+        if rec and rec["settings"].get(name) == json.loads(json.dumps(settings)) and name in rec["curves"]:
+            return rec["curves"][name]
+        return None
+
+    def recorded_row(self, name: str, key: str, mode: str, marks: bool, run: Optional[Dict],
+                     positions: str, max_length: int) -> Optional[Dict]:
+        """The record's row `name` when it has this cache key (records before keys: the key's parts compared)."""
+        for r in (self.record or {}).get("rows", []):
+            if r["setting"] != name:
+                continue
+            if "key" in r:
+                return r if r["key"] == key else None
+            same_run = (self.record["settings"].get(name) == json.loads(json.dumps(run["settings"])) if run
+                        else r["fine_tune_steps"] == 0)
+            if (same_run and max_length == 512 and r["mode"] == mode and r["marks"] == marks
+                    and r["doc_positions"] == (positions if mode == "append" else "")):
+                return dict(r, key=key)
+        return None
+
+    def adapter(self, run: Dict) -> Path:
+        """The run's adapter directory; a run restored from the record (no adapter on disk) is trained again."""
+        if not (run["dir"] / "adapter" / "adapter_config.json").exists():
+            log(f"{run['name']}: its adapter is not on disk (the record's run): training it again")
+            self.fit(run)
+        return run["dir"] / "adapter"
 
     def load(self, marks: str = "add") -> LlamaForCausalLM:
         # default_adapter=False: the experiment measures the base model and trains its own adapters
@@ -184,21 +243,25 @@ class Experiment:
 
     # ---------------------------------------------------------------- perplexity rows
     def row(self, name: str, mode: str, marks: bool, run: Optional[Dict] = None,
-            positions: str = "before") -> Optional[Dict]:
+            positions: str = "before", max_length: int = 512) -> Optional[Dict]:
         tokens = self.args.score_tokens
         ids = self.eval_ids[:tokens] if tokens else self.eval_ids
         key = key_of([self.fingerprint, ids, mode, marks, run["key"] if run else None] +
-                     ([positions] if mode == "append" else []))
+                     ([positions] if mode == "append" else []) + ([max_length] if max_length != 512 else []))
         path = self.out / "rows" / f"{slug(name)}-{key}.json"
         if path.exists():
             r = json.loads(path.read_text())
             log(f"{name}: ppl {r['ppl']:.4f} (cached)")
             return r
+        r = self.recorded_row(name, key, mode, marks, run, positions, max_length)
+        if r is not None:
+            log(f"{name}: ppl {r['ppl']:.4f} (docs/results.json)")
+            return r
         if self.args.report_only:
             return None
         model = self.load()
         if run:
-            model.load_adapter(run["dir"] / "adapter", merge=True)
+            model.load_adapter(self.adapter(run), merge=True)
         t = time.time()
         last = [0.0]
 
@@ -209,11 +272,11 @@ class Experiment:
                 log(f"  {name}: {done}/{total} tokens, {el:.0f} s" +
                     (f", ~{el / done * (total - done):.0f} s left" if done else ""))
 
-        r = flashback.evaluate(model, self.retriever, ids, mode=mode, marks=marks, max_length=512,
+        r = flashback.evaluate(model, self.retriever, ids, mode=mode, marks=marks, max_length=max_length,
                                doc_positions=positions, progress=progress)
         s = r["stats"]
-        row = {"setting": name, "mode": mode, "marks": marks, "doc_positions": positions if mode == "append" else "",
-               "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"],
+        row = {"setting": name, "key": key, "mode": mode, "marks": marks, "doc_positions": positions if mode == "append" else "",
+               "max_length": max_length, "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"],
                "fine_tune_steps": run["steps"] if run else 0, "tokens_reencoded": s["tokens_reencoded"],
                "retrievals": s["retrievals"], "model_seconds": s["reencode_seconds"] + s["decode_seconds"],
                "wall_seconds": time.time() - t}
@@ -231,7 +294,7 @@ class Experiment:
         if path.exists():
             return json.loads(path.read_text())
         model = self.load()
-        model.load_adapter(run["dir"] / "adapter")
+        model.load_adapter(self.adapter(run))
         retriever = flashback.open_index(self.out / "index")
         out = []
         for seed in SAMPLE_SEEDS:
@@ -244,36 +307,53 @@ class Experiment:
 
     # ---------------------------------------------------------------- fine-tuning
     def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str,
-              steps: Optional[int] = None, mix: float = 0.0) -> Optional[Dict]:
+              steps: Optional[int] = None, mix: float = 0.0, seed: Optional[int] = None) -> Optional[Dict]:
         a = self.args
         steps = steps or a.steps
+        seed = a.seed if seed is None else seed
         settings = {"fingerprint": self.fingerprint, "layout": layout, "marks": marks, "targets": list(targets), "r": r,
                     "alpha": 2 * r, "dropout": 0.05, "steps": steps, "batch": a.batch_size, "lr": a.lr,
-                    "warmup": a.warmup, "train_max_length": a.train_max_length, "seed": a.seed,
+                    "warmup": a.warmup, "train_max_length": a.train_max_length, "seed": seed,
                     "train_tokens": len(self.train_stream), "eval_examples": a.eval_examples}
+        if seed != a.seed:
+            settings["eval_seed"] = a.seed + 1
         if layout == "append":
             settings["doc_positions"] = positions
         if mix:
             settings["mix_none"], settings["mix_windows"] = mix, "distinct"
         key = key_of(settings)
         d = self.out / "runs" / f"{slug(name)}-{key}"
-        run = {"name": name, "key": key, "dir": d, "steps": steps, "settings": settings}
+        run = {"name": name, "key": key, "dir": d, "steps": steps, "settings": settings,
+               "spec": (layout, marks, tuple(targets), r, positions, mix)}
         if (d / "history.json").exists() and (d / "adapter" / "adapter_config.json").exists():
             run["history"] = json.loads((d / "history.json").read_text())
             log(f"fine-tuning {name}: done (cached)")
             return run
+        hist = self.recorded_run(name, settings)
+        if hist is not None:
+            run["history"] = hist
+            log(f"fine-tuning {name}: done (docs/results.json; the adapter is trained again if needed)")
+            return run
         if self.args.report_only:
             return None
-        torch.manual_seed(a.seed)
+        self.fit(run)
+        return run
+
+    def fit(self, run: Dict) -> None:
+        """Fine-tunes `run` (resuming from its checkpoint); sets run["history"]."""
+        a, name, d, steps, settings = self.args, run["name"], run["dir"], run["steps"], run["settings"]
+        layout, marks, targets, r, positions, mix = run["spec"]
+        seed = settings["seed"]
+        torch.manual_seed(seed)
         model = self.load()
         model.requires_grad_(False)
-        dc = DataConfig(layout=layout, marks=marks, seed=a.seed, max_length=a.train_max_length, doc_positions=positions)
+        dc = DataConfig(layout=layout, marks=marks, seed=seed, max_length=a.train_max_length, doc_positions=positions)
         n = steps * a.batch_size
         train = build_examples(self.train_stream, self.tokenizer, self.retriever, dc, mark_left=self.mark_left,
                                limit=n)
         if mix:  # every target window once, a `mix` share of them (evenly spread) in the none layout instead
             plain = build_examples(self.train_stream, self.tokenizer, None,
-                                   DataConfig(layout="none", marks=False, seed=a.seed + 2,
+                                   DataConfig(layout="none", marks=False, seed=seed + 2,
                                               max_length=a.train_max_length), limit=n)
             train = [plain[i] if int((i + 1) * mix) > int(i * mix) else train[i] for i in range(n)]
         # the held-out examples: the evaluation protocol's max length, another seed
@@ -285,7 +365,7 @@ class Experiment:
                           trainable_token_indices=[self.mark_left, self.mark_left + 1] if marks else [])
         # micro-batches of one example: no padding (a step is the same gradient as one batch)
         cfg = TrainConfig(steps=steps, batch_size=a.batch_size, grad_accum=a.batch_size, lr=a.lr,
-                          warmup_steps=a.warmup, eval_every=a.eval_every, save_every=5, seed=a.seed,
+                          warmup_steps=a.warmup, eval_every=a.eval_every, save_every=5, seed=seed,
                           progress=False)  # a checkpoint every 5 steps: an interrupted run resumes there
         t = time.time()
         base_loss = evaluate_loss(model, evals)
@@ -304,7 +384,6 @@ class Experiment:
         write_text_atomic(d / "history.json", json.dumps(hist, indent=1) + "\n")
         write_text_atomic(d / "settings.json", json.dumps(settings, indent=1) + "\n")
         run["history"] = hist
-        return run
 
 
 def main() -> int:
@@ -331,6 +410,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--per-target", action="store_true",
                     help="held-out loss per target position of the PER_TARGET runs and layouts (cached)")
+    ap.add_argument("--budget", action="store_true",
+                    help="also score none and none+LoRA with the input budget of append+marks (max length 512 minus "
+                         "its block): how much of append's cost is the context the block takes")
     ap.add_argument("--ship", action="store_true", help="export the best append+marks adapter to adapters/")
     ap.add_argument("--report-only", action="store_true",
                     help="compute no row or run: write docs/results.* from what the cache holds (pending rows "
@@ -349,24 +431,35 @@ def main() -> int:
         raise SystemExit(f"results: unknown ablation {unknown[0]!r} (ablations: {', '.join(ABLATION_KEYS)})")
     ablations = [ABLATION_KEYS[k] for k in keys]
 
+    # this invocation's work; what the record holds beyond it stays in the record (a run adds to it)
+    work = set(TABLE) | set(MAIN) | set(ablations) | {"base model"}
+    old = ex.record or {"rows": [], "curves": {}, "settings": {}, "per_target": []}
+
     def report() -> None:
-        rows = [by[n] for n in TABLE if n in by] + [r for n, r in by.items() if n not in TABLE]
+        kept = [r for r in old["rows"] if r["setting"] not in work and r["setting"] not in by]
+        rows = [by[n] for n in TABLE if n in by] + [r for n, r in by.items() if n not in TABLE] + kept
         pending = [n for n in TABLE if n not in by] + [n for n in ablations if n not in runs]
+        curves = {n: r["history"] for n, r in runs.items()}
+        curves.update({n: c for n, c in old["curves"].items() if n not in work and n not in runs})
+        settings = {n: r["settings"] for n, r in runs.items()}
+        settings.update({n: c for n, c in old["settings"].items() if n not in work and n not in runs})
         rep = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
-               "rows": rows, "pending": pending, "curves": {n: r["history"] for n, r in runs.items()},
-               "settings": {n: r["settings"] for n, r in runs.items()}, "per_target": pts,
-               # the work the cache holds, whenever it was done
+               "rows": rows, "pending": pending, "curves": curves, "settings": settings,
+               "per_target": pts + [r for r in old["per_target"] if (r["run"], r["layout"]) not in
+                                    {(x["run"], x["layout"]) for x in pts} and (not args.per_target or r["run"] not in work)],
+               # the work the cache and the record hold, whenever it was done
                "seconds": sum(r["wall_seconds"] for r in rows) +
-                          sum(max((h.get("seconds", 0) for h in r["history"]), default=0) for r in runs.values())}
+                          sum(max((h.get("seconds", 0) for h in c), default=0) for c in curves.values())}
         write_text_atomic(docs / "results.json", json.dumps(rep, indent=1) + "\n")
-        if runs:
+        if curves:
             plot(rep["curves"], docs / "results_curves.png")
         write_markdown(rep, docs / "results.md")
 
-    def row(name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before") -> None:
+    def row(name: str, mode: str, marks: bool, run: Optional[Dict] = None, positions: str = "before",
+            max_length: int = 512) -> None:
         if run is None and "LoRA" in name:
             return  # its fine-tuning is not done (--report-only)
-        r = ex.row(name, mode, marks, run, positions)
+        r = ex.row(name, mode, marks, run, positions, max_length)
         if r is not None:
             by[name] = r
             report()
@@ -389,6 +482,11 @@ def main() -> int:
     if args.per_target:
         pts.extend(per_target(ex, runs))
         report()
+    if args.budget:  # no retrieval with the input budget append+marks leaves (its block: the document + 2 marks)
+        short = 512 - (flashback.RalmOptions().doc_tokens + 2)
+        row(f"none, append's input budget (max length {short})", "none", False, max_length=short)
+        row(f"none + LoRA (control), append's input budget (max length {short})", "none", False,
+            runs.get("none + LoRA (control)"), max_length=short)
     if args.ship and runs:
         ship(ex, runs, list(by.values()))
     row("prepend", "prepend", False)
@@ -425,11 +523,17 @@ def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
         if path.exists():
             out.append(json.loads(path.read_text()))
             continue
+        old = [r for r in (ex.record or {}).get("per_target", []) if r.get("key", key) == key
+               and r["run"] == (name or "base model") and r["layout"] == layout and r["examples"] == a.eval_examples
+               and ex.record["args"]["seed"] == a.seed and (run is None or ex.recorded_run(name, run["settings"]))]
+        if old:
+            out.append(dict(old[0], key=key))
+            continue
         if a.report_only:
             continue
         model = ex.load()
         if run:
-            model.load_adapter(run["dir"] / "adapter", merge=True)
+            model.load_adapter(ex.adapter(run), merge=True)
         model.eval()
         marks = layout == "append"
         cfg = DataConfig(layout=layout, marks=marks, seed=a.seed + 1, doc_positions="before")
@@ -449,7 +553,7 @@ def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
                 total[at:at + len(rows)] += nll
                 count[at:at + len(rows)] += 1
         loss = [float(t / c) if c else None for t, c in zip(total, count)]
-        rec = {"run": name or "base model", "layout": layout, "examples": len(evals), "per_target": loss,
+        rec = {"run": name or "base model", "key": key, "layout": layout, "examples": len(evals), "per_target": loss,
                "targets_2_on": float(total[1:].sum() / count[1:].sum())}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(rec, indent=1) + "\n")
@@ -475,11 +579,12 @@ def best_append_run(ex: Experiment, runs: Dict, rows: List[Dict]) -> str:
     ppl = {r["setting"]: r["ppl"] for r in rows}
     # runs for the default inference options only (doc_positions before): the adapter is used with them
     cands = [n for n, r in runs.items() if r["settings"]["layout"] == "append" and r["settings"]["marks"]
-             and r["settings"].get("doc_positions") == "before"
-             and (r["dir"] / "adapter/adapter_model.safetensors").stat().st_size // 2 <= SHIP_LIMIT]
+             and r["settings"].get("doc_positions") == "before"]
     order = sorted(cands, key=(lambda n: ppl[n]) if all(n in ppl for n in cands)
                    else (lambda n: runs[n]["history"][-1]["eval_loss"]))
     for name in order:
+        if (ex.adapter(runs[name]) / "adapter_model.safetensors").stat().st_size // 2 > SHIP_LIMIT:
+            continue
         faults = sample_faults(ex.samples(runs[name]))
         if not faults:
             return name
@@ -492,7 +597,7 @@ def ship(ex: Experiment, runs: Dict, rows: List[Dict]) -> None:
     run = runs[name]
     dest = SHIPPED
     model = ex.load()
-    model.load_adapter(run["dir"] / "adapter")
+    model.load_adapter(ex.adapter(run))
     model.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model.save_adapter(dest, dtype=torch.bfloat16)
     flashback._C.write_shipped_adapter_info(
