@@ -96,13 +96,14 @@ ABLATIONS = {
     # is a 3% gap more than a change of seed moves? (the windows, the initialization, the dropout)
     "append + marks + LoRA, seed 1": Spec("append", True, QKVO, seed=1),
     "none + LoRA, seed 1 (control)": Spec("none", False, QKVO, seed=1),
+    "prepend + LoRA, seed 1": Spec("prepend", False, QKVO, seed=1),
 }
 # an append ablation's like-for-like controls (default: the q/k/v/o ones of MAIN): (none + LoRA, prepend + LoRA)
 CONTROLS = {
     "append + marks + LoRA, all linear": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
     "append + marks + LoRA, all linear, r=8": ("none + LoRA, all linear (control)", "prepend + LoRA, all linear"),
     "append + marks + LoRA, 80 steps": ("none + LoRA, 80 steps (control)", "prepend + LoRA, 80 steps"),
-    "append + marks + LoRA, seed 1": ("none + LoRA, seed 1 (control)", None),
+    "append + marks + LoRA, seed 1": ("none + LoRA, seed 1 (control)", "prepend + LoRA, seed 1"),
 }
 # --ablations takes these short names (in this order: the likeliest to change the recipe first)
 ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-r8": "append + marks + LoRA, all linear, r=8",
@@ -112,7 +113,7 @@ ABLATION_KEYS = {"all-linear": "append + marks + LoRA, all linear", "all-linear-
                  "steps80": "append + marks + LoRA, 80 steps", "none-steps80": "none + LoRA, 80 steps (control)",
                  "mix50": "append + marks + LoRA, half the examples without documents",
                  "prepend-steps80": "prepend + LoRA, 80 steps", "seed1": "append + marks + LoRA, seed 1",
-                 "none-seed1": "none + LoRA, seed 1 (control)"}
+                 "none-seed1": "none + LoRA, seed 1 (control)", "prepend-seed1": "prepend + LoRA, seed 1"}
 assert set(ABLATION_KEYS.values()) == set(ABLATIONS)
 assert set(CONTROLS) <= set(ABLATIONS) and all(c in ABLATIONS for cs in CONTROLS.values() for c in cs if c)
 # The table's rows, in order (ablations with --ablation-ppl follow).
