@@ -153,6 +153,7 @@ def default_model() -> str:
 class Experiment:
     def __init__(self, args) -> None:
         self.args = args
+        self.compute = not args.report_only  # False: only what the cache and the record hold
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.model_path = args.model or default_model()
@@ -258,7 +259,7 @@ class Experiment:
         if r is not None:
             log(f"{name}: ppl {r['ppl']:.4f} (docs/results.json)")
             return r
-        if self.args.report_only:
+        if not self.compute:
             return None
         model = self.load()
         if run:
@@ -335,7 +336,7 @@ class Experiment:
             run["history"] = hist
             log(f"fine-tuning {name}: done (docs/results.json; the adapter is trained again if needed)")
             return run
-        if self.args.report_only:
+        if not self.compute:
             return None
         self.fit(run)
         return run
@@ -471,32 +472,41 @@ def main() -> int:
             runs[name] = got
             report()
 
-    row("none (no retrieval)", "none", False)
-    for name in MAIN:
-        train(name, MAIN[name])
-        row(name, MAIN[name][0], MAIN[name][1], runs.get(name), MAIN[name][4])
-    # the ablations decide the recipe (and so the shipped adapter): before the untuned rows
-    for name in ablations:
-        train(name, ABLATIONS[name])
-        if args.ablation_ppl:
-            row(name, ABLATIONS[name][0], ABLATIONS[name][1], runs.get(name), ABLATIONS[name][4])
-    if args.per_target:
-        pts.extend(per_target(ex, runs))
+    def everything(final: bool) -> None:
+        row("none (no retrieval)", "none", False)
+        for name in MAIN:
+            train(name, MAIN[name])
+            row(name, MAIN[name][0], MAIN[name][1], runs.get(name), MAIN[name][4])
+        # the ablations decide the recipe (and so the shipped adapter): before the untuned rows
+        for name in ablations:
+            train(name, ABLATIONS[name])
+            if args.ablation_ppl:
+                row(name, ABLATIONS[name][0], ABLATIONS[name][1], runs.get(name), ABLATIONS[name][4])
+        if args.per_target:
+            pts[:] = per_target(ex, runs)
+            report()
+        if args.budget:  # no retrieval with the input budget append+marks leaves (its block: the document + 2 marks)
+            short = 512 - (flashback.RalmOptions().doc_tokens + 2)
+            row(f"none, append's input budget (max length {short})", "none", False, max_length=short)
+            row(f"none + LoRA (control), append's input budget (max length {short})", "none", False,
+                runs.get("none + LoRA (control)"), max_length=short)
+        if final and args.ship and runs:
+            ship(ex, runs, list(by.values()))
+        row("prepend", "prepend", False)
+        row("append + marks", "append", True)
+        row("append, positions after (the paper's)", "append", False, positions="after")
+        row("append + marks, positions after (the paper's)", "append", True, positions="after")
         report()
-    if args.budget:  # no retrieval with the input budget append+marks leaves (its block: the document + 2 marks)
-        short = 512 - (flashback.RalmOptions().doc_tokens + 2)
-        row(f"none, append's input budget (max length {short})", "none", False, max_length=short)
-        row(f"none + LoRA (control), append's input budget (max length {short})", "none", False,
-            runs.get("none + LoRA (control)"), max_length=short)
-    if args.ship and runs:
-        ship(ex, runs, list(by.values()))
-    row("prepend", "prepend", False)
-    row("append + marks", "append", True)
-    row("append, positions after (the paper's)", "append", False, positions="after")
-    row("append + marks, positions after (the paper's)", "append", True, positions="after")
-    report()
-    if args.ship and runs:
-        ship(ex, runs, list(by.values()))
+        if final and args.ship and runs:
+            ship(ex, runs, list(by.values()))
+
+    # First everything the cache and the record hold, then the work: a run interrupted in its first
+    # fine-tuning leaves a record that still holds every figure it started with.
+    ex.compute = False
+    everything(final=args.report_only)
+    if not args.report_only:
+        ex.compute = True
+        everything(final=True)
     log(f"wrote {docs / 'results.md'}, results.json, results_curves.png ({(time.time() - T0) / 60:.0f} min)")
     return 0
 
@@ -530,7 +540,7 @@ def per_target(ex: Experiment, runs: Dict) -> List[Dict]:
         if old:
             out.append(dict(old[0], key=key))
             continue
-        if a.report_only:
+        if not ex.compute:
             continue
         model = ex.load()
         if run:
@@ -755,6 +765,12 @@ def write_markdown(rep: Dict, path: Path) -> None:
             f"* vs none (no retrieval) {none:.3f}: {'below' if al < none else 'NOT below'}; "
             f"vs none+LoRA {nl:.3f}: {'not worse' if al <= nl else 'worse'}.",
         ]
+    # --budget: the control with the input context append+marks leaves (results_attempts.md section 12)
+    bud = next((r for r in rows if r["setting"].startswith("none + LoRA (control), append's input budget")), None)
+    if al and pl and nl and bud:
+        lines.append(f"* at the same input budget ({bud['setting']} {bud['ppl']:.3f}): append+marks+LoRA "
+                     f"{al / bud['ppl'] - 1:+.1%}, prepend+LoRA {pl / bud['ppl'] - 1:+.1%}; the positions the block takes "
+                     f"cost the control {bud['ppl'] / nl - 1:+.1%} ([attempts](results_attempts.md) section 12).")
     # the other append recipes against the same bar, and against their own like-for-like controls (CONTROLS)
     for name, spec in ABLATIONS.items():
         a2 = by.get(name, {}).get("ppl")
