@@ -666,15 +666,17 @@ def plot(curves: Dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, hist in curves.items():
+    fig, ax = plt.subplots(figsize=(12, 5))
+    colors = plt.cm.tab20.colors  # one colour per run (the default cycle repeats after ten)
+    for i, (name, hist) in enumerate(curves.items()):
         ev = [h for h in hist if "eval_loss" in h]
         style = "o-" if name in MAIN else "s--"
-        ax.plot([h["step"] for h in ev], [h["eval_loss"] for h in ev], style, label=name, alpha=0.85)
+        ax.plot([h["step"] for h in ev], [h["eval_loss"] for h in ev], style, label=name, alpha=0.85,
+                color=colors[i % len(colors)])
     ax.set_xlabel("optimizer step (8 examples each)")
     ax.set_ylabel("held-out target-token loss (nats)")
     ax.set_title("SmolLM2-135M on WikiText-103: held-out loss of the 16 target tokens")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
