@@ -225,7 +225,7 @@ class Experiment:
                 continue
             if "key" in r:
                 return r if r["key"] == key else None
-            same_run = (self.record["settings"].get(name) == json.loads(json.dumps(run["settings"])) if run
+            same_run = (self.recorded_run(name, run["settings"]) is not None if run
                         else r["fine_tune_steps"] == 0)
             if (same_run and max_length == 512 and r["mode"] == mode and r["marks"] == marks
                     and r["doc_positions"] == (positions if mode == "append" else "")):
@@ -308,11 +308,11 @@ class Experiment:
         return out
 
     # ---------------------------------------------------------------- fine-tuning
-    def train(self, name: str, layout: str, marks: bool, targets, r: int, positions: str,
-              steps: Optional[int] = None, mix: float = 0.0, seed: Optional[int] = None) -> Optional[Dict]:
+    def train(self, name: str, spec: Spec) -> Optional[Dict]:
         a = self.args
-        steps = steps or a.steps
-        seed = a.seed if seed is None else seed
+        layout, marks, targets, r, positions, mix = spec.layout, spec.marks, spec.targets, spec.r, spec.doc_positions, spec.mix
+        steps = spec.steps or a.steps
+        seed = a.seed if spec.seed is None else spec.seed
         settings = {"fingerprint": self.fingerprint, "layout": layout, "marks": marks, "targets": list(targets), "r": r,
                     "alpha": 2 * r, "dropout": 0.05, "steps": steps, "batch": a.batch_size, "lr": a.lr,
                     "warmup": a.warmup, "train_max_length": a.train_max_length, "seed": seed,
@@ -326,7 +326,7 @@ class Experiment:
         key = key_of(settings)
         d = self.out / "runs" / f"{slug(name)}-{key}"
         run = {"name": name, "key": key, "dir": d, "steps": steps, "settings": settings,
-               "spec": (layout, marks, tuple(targets), r, positions, mix)}
+               "spec": spec}
         if (d / "history.json").exists() and (d / "adapter" / "adapter_config.json").exists():
             run["history"] = json.loads((d / "history.json").read_text())
             log(f"fine-tuning {name}: done (cached)")
@@ -344,8 +344,8 @@ class Experiment:
     def fit(self, run: Dict) -> None:
         """Fine-tunes `run` (resuming from its checkpoint); sets run["history"]."""
         a, name, d, steps, settings = self.args, run["name"], run["dir"], run["steps"], run["settings"]
-        layout, marks, targets, r, positions, mix = run["spec"]
-        seed = settings["seed"]
+        sp, seed = run["spec"], settings["seed"]
+        layout, marks, targets, r, positions, mix = sp.layout, sp.marks, sp.targets, sp.r, sp.doc_positions, sp.mix
         torch.manual_seed(seed)
         model = self.load()
         model.requires_grad_(False)
@@ -445,10 +445,11 @@ def main() -> int:
         curves.update({n: c for n, c in old["curves"].items() if n not in work and n not in runs})
         settings = {n: r["settings"] for n, r in runs.items()}
         settings.update({n: c for n, c in old["settings"].items() if n not in work and n not in runs})
+        done_pts = {(x["run"], x["layout"]) for x in pts}
         rep = {"model": ex.model_path, "fingerprint": ex.fingerprint, "split": ex.split, "args": vars(args),
                "rows": rows, "pending": pending, "curves": curves, "settings": settings,
-               "per_target": pts + [r for r in old["per_target"] if (r["run"], r["layout"]) not in
-                                    {(x["run"], x["layout"]) for x in pts} and (not args.per_target or r["run"] not in work)],
+               "per_target": pts + [r for r in old["per_target"] if (r["run"], r["layout"]) not in done_pts
+                                    and (not args.per_target or r["run"] not in work)],
                # the work the cache and the record hold, whenever it was done
                "seconds": sum(r["wall_seconds"] for r in rows) +
                           sum(max((h.get("seconds", 0) for h in c), default=0) for c in curves.values())}
@@ -467,7 +468,7 @@ def main() -> int:
             report()
 
     def train(name: str, spec) -> None:
-        got = ex.train(name, *spec)
+        got = ex.train(name, spec)
         if got is not None:
             runs[name] = got
             report()
