@@ -42,7 +42,9 @@ EOF
     exit 1
   fi
   reqs=("nvidia-cuda-nvcc$suffix==$runtime")
-  [ -z "$suffix" ] && reqs+=("nvidia-nvvm==$runtime")  # CUDA 13 ships cicc apart; unpinned it runs ahead of ptxas
+  # CUDA 13 ships cicc (nvvm) and the crt headers (a dependency of nvcc from 13.1) as packages of their
+  # own; pinned, or they run ahead of nvcc. --no-deps below: each one nvcc needs is named here.
+  [ -z "$suffix" ] && reqs+=("nvidia-nvvm==$runtime" "nvidia-cuda-crt==$runtime")
   if ! "${pip[@]}" "${reqs[@]}" 2>/dev/null; then
     /usr/bin/python3 -m pip download -q --no-deps --dest "$cache/ref-wheels" "${reqs[@]}" >&2 &&
       "${pip[@]}" "${reqs[@]}" || { echo "build_torch2: error: cannot install ${reqs[*]} (offline?)" >&2; exit 1; }
