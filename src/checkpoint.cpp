@@ -317,6 +317,15 @@ void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::T
 
 LlamaForCausalLM load_model(const Checkpoint& ck, const LoadOptions& options) {
   ensure_default_threads();
+  // The config decides what the model allocates. One that promises far more parameters than the
+  // checkpoint holds (a config.json claiming a 100 GB model beside a small file) is refused before
+  // allocating them; a near miss is built and compared tensor by tensor (load_weights names it).
+  int64_t held = 0;
+  for (const auto& [name, t] : ck.tensors) held += t.numel();
+  const int64_t promised = ck.config.num_parameters();
+  if (promised > 2 * held + (int64_t(1) << 20))
+    throw FormatError(ck.path, "the config implies " + std::to_string(promised) + " parameters but the checkpoint holds " +
+                                   std::to_string(held) + ": not this model's weights");
   LlamaForCausalLMOptions mo;
   mo.dtype = resolve_dtype(ck.config, options);
   mo.device = options.device;

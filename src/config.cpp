@@ -43,8 +43,14 @@ void LlamaConfig::validate(const std::string& source) const {
     bad("torch_dtype '" + torch_dtype + "' is not supported (float32, float16, bfloat16)");
   constexpr int64_t kHuge = int64_t(1) << 31;
   if (vocab_size > kHuge || hidden_size > kHuge || intermediate_size > kHuge || max_position_embeddings > kHuge ||
-      num_hidden_layers > 100000)
+      num_attention_heads > kHuge || num_key_value_heads > kHuge || head_dim > kHuge || num_hidden_layers > 100000)
     bad("a dimension is implausibly large");
+  // num_parameters() in int64 without overflow: 2^44 (17.6 trillion) is far past any checkpoint.
+  const long double C = hidden_size, Q = static_cast<long double>(num_attention_heads) * head_dim,
+                    KV = static_cast<long double>(num_key_value_heads) * head_dim;
+  const long double n = vocab_size * C * 2 + num_hidden_layers * (2 * C * Q + 2 * C * KV + 3 * C * intermediate_size + 2 * C) + C;
+  if (n > static_cast<long double>(int64_t(1) << 44))
+    bad("the configuration implies " + std::to_string(static_cast<double>(n)) + " parameters: implausibly large");
 }
 
 namespace {

@@ -74,6 +74,15 @@ TEST_CASE("HF directories: missing, misshapen and unexpected tensors", "[checkpo
   json["num_hidden_layers"] = 4;
   auto layers = hf_copy("layers", [](auto&) {}, json.dump());
   CHECK_THROWS_WITH(load_model(layers), Contains("missing tensor 'model.layers.3."));
+  // One that claims a 96 GB model beside these 0.2 M parameters is refused before anything is allocated.
+  json["num_hidden_layers"] = 3;
+  json["vocab_size"] = int64_t(1) << 31;
+  json["hidden_size"] = 64;
+  json["num_attention_heads"] = 8;
+  json["head_dim"] = 8;
+  auto huge = hf_copy("huge", [](auto&) {}, json.dump());
+  CHECK_THROWS_WITH(load_model(huge), Contains("huge") && Contains("the config implies 274878039488") &&
+                                          Contains("parameters but the checkpoint holds 198080: not this model's weights"));
 
   CHECK_THROWS_WITH(read_checkpoint("/nonexistent/model"), Contains("/nonexistent/model: no such file or directory"));
   std::string empty = flashback::test::temp_dir("empty");

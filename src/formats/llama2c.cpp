@@ -1,5 +1,6 @@
 #include "flashback/formats/llama2c.hpp"
 
+#include <cstdint>
 #include <cstring>
 #include <functional>
 
@@ -60,7 +61,8 @@ Llama2cFile read_llama2c(const std::string& path) {
     if (size < 28) throw FormatError(path, "too small to be a llama2.c checkpoint (" + std::to_string(size) + " bytes)");
     std::memcpy(h, base, sizeof(h));
     f.shared_classifier = h[5] > 0;
-    h[5] = h[5] < 0 ? -h[5] : h[5];
+    // -vocab_size marks an unshared classifier; INT32_MIN has no negation (0 fails the range check)
+    h[5] = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5];
   }
   f.dim = h[0], f.hidden_dim = h[1], f.n_layers = h[2], f.n_heads = h[3], f.n_kv_heads = h[4];
   f.vocab_size = h[5], f.seq_len = h[6];
@@ -85,10 +87,11 @@ Llama2cFile read_llama2c(const std::string& path) {
   uint64_t per_layer = 2 * D + D * D + 2 * D * KV + D * D + 3 * D * F;
   uint64_t floats = V * D + L * per_layer + D + (f.version == 0 ? uint64_t(f.seq_len) * hd : 0) +
                     (f.shared_classifier ? 0 : V * D);
-  uint64_t want = header_bytes + floats * 4;
-  if (size != want)
-    bad("the file is " + std::to_string(size) + " bytes but the header implies " + std::to_string(want) +
-        (size < want ? " (truncated?)" : " (trailing bytes?)"));
+  // floats can reach ~2^63 (fields up to 2^20): compare without multiplying, which could wrap.
+  const uint64_t data_bytes = size - header_bytes;
+  if (floats > data_bytes / 4 || data_bytes % 4 != 0 || floats != data_bytes / 4)
+    bad("the file is " + std::to_string(size) + " bytes but the header implies " + std::to_string(header_bytes) +
+        " + 4 x " + std::to_string(floats) + (floats > data_bytes / 4 ? " (truncated?)" : " (trailing bytes?)"));
 
   Slicer s{base + header_bytes, file, &f.tensors};
   auto per_layer_weights = [&](const char* name, std::vector<int64_t> shape) {

@@ -12,6 +12,7 @@
 
 #include "flashback/error.hpp"
 #include "flashback/io/atomic_file.hpp"
+#include "write_hooks.hpp"
 
 namespace flashback {
 
@@ -68,49 +69,80 @@ StagedDirectory::StagedDirectory(const std::string& target, const std::string& m
   if (target_.empty()) throw InvalidArgument("directory to write: empty path");
   check_replaceable(target_, marker_, kind_);
   make_directories(parent_of(target_));
-  std::string tmpl = target_ + ".tmp-XXXXXX";
-  if (!::mkdtemp(tmpl.data())) throw Error(target_ + ": cannot create a staging directory: " + errno_text());
-  path_ = tmpl;
+  detail::remove_stale_temporaries(target_);
+  for (int attempt = 0; lock_fd_ < 0; ++attempt) {
+    std::string tmpl = target_ + ".tmp-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw Error(target_ + ": cannot create a staging directory: " + errno_text());
+    lock_fd_ = ::open(tmpl.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lock_fd_ >= 0 && !detail::lock_temporary(lock_fd_)) {  // another writer's cleanup got it first
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+    }
+    if (lock_fd_ < 0 && attempt == 8)
+      throw Error(target_ + ": cannot create a staging directory: another process keeps removing it");
+    path_ = tmpl;
+  }
+  detail::crash_point("dir.staged");
 }
 
 StagedDirectory::~StagedDirectory() { discard(); }
 
 void StagedDirectory::discard() {
-  if (done_) return;
-  done_ = true;
-  std::error_code ec;
-  fs::remove_all(path_, ec);
+  if (!done_) {
+    done_ = true;
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  if (lock_fd_ >= 0) {
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+  }
 }
 
 void StagedDirectory::commit() {
   if (done_) throw InvalidArgument(target_ + ": the staged directory was already committed or discarded");
   fsync_tree(path_);
   check_replaceable(target_, marker_, kind_);  // again: the target may have appeared while we wrote
+  detail::crash_point("dir.synced");
   struct stat st {};
   if (::lstat(target_.c_str(), &st) != 0) {
     if (::rename(path_.c_str(), target_.c_str()) != 0)
       throw Error(target_ + ": cannot move the new directory into place: " + errno_text());
     done_ = true;
-  } else if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
+  } else if (!detail::rename_exchange_disabled() &&
+             ::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
     done_ = true;  // path_ now holds the old contents
+    detail::crash_point("dir.exchanged");
     std::error_code ec;
     fs::remove_all(path_, ec);
-  } else if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
+  } else if (detail::rename_exchange_disabled() || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
+    // The old directory is locked before it is moved aside: if this writer dies before the new
+    // one is in place, the next writer of the target finds it unlocked and puts it back.
+    const int old_fd = ::open(target_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (old_fd >= 0) detail::lock_temporary(old_fd);
     const std::string old = target_ + ".old-" + path_.substr(path_.size() - 6);
-    if (::rename(target_.c_str(), old.c_str()) != 0)
-      throw Error(target_ + ": cannot move the old directory aside: " + errno_text());
+    if (::rename(target_.c_str(), old.c_str()) != 0) {
+      const std::string err = errno_text();
+      if (old_fd >= 0) ::close(old_fd);
+      throw Error(target_ + ": cannot move the old directory aside: " + err);
+    }
+    detail::crash_point("dir.moved_aside");
     if (::rename(path_.c_str(), target_.c_str()) != 0) {
       const std::string err = errno_text();
       ::rename(old.c_str(), target_.c_str());
+      if (old_fd >= 0) ::close(old_fd);
       throw Error(target_ + ": cannot move the new directory into place: " + err);
     }
     done_ = true;
     std::error_code ec;
     fs::remove_all(old, ec);
+    if (old_fd >= 0) ::close(old_fd);
   } else {
     throw Error(target_ + ": cannot swap the new directory into place: " + errno_text());
   }
+  detail::crash_point("dir.committed");
   fsync_path(parent_of(target_), O_RDONLY | O_DIRECTORY);
+  discard();  // releases the lock (the staging path is gone or holds nothing of ours)
 }
 
 void write_directory_atomic(const std::string& target, const std::string& marker, const std::string& kind,

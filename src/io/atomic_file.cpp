@@ -9,6 +9,7 @@
 #include <random>
 
 #include "flashback/error.hpp"
+#include "write_hooks.hpp"
 
 namespace flashback {
 
@@ -38,27 +39,41 @@ void write_all(int fd, const void* data, size_t n, const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, const std::function<void(int fd)>& write) {
+  detail::remove_stale_temporaries(path);
   std::random_device rd;
-  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(path + ": cannot create temporary file: " + errno_text());
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw Error(path + ": cannot create temporary file: " + errno_text());
+    if (!detail::lock_temporary(fd)) {  // another writer's cleanup is removing it: make another
+      ::close(fd);
+      fd = -1;
+      if (attempt == 8) throw Error(path + ": cannot create temporary file: another process keeps removing it");
+    }
+  }
+  detail::crash_point("file.created");
   try {
     write(fd);
+    detail::crash_point("file.written");
     if (::fsync(fd) != 0) throw Error(path + ": fsync failed: " + errno_text());
   } catch (...) {
-    ::close(fd);
     ::unlink(tmp.c_str());
+    ::close(fd);
     throw;
   }
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw Error(path + ": close failed: " + errno_text());
-  }
+  detail::crash_point("file.synced");
+  // The descriptor (and its lock) stays open over the rename: an unlocked temporary is a dead
+  // writer's to every other writer's cleanup.
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     std::string err = errno_text();
     ::unlink(tmp.c_str());
+    ::close(fd);
     throw Error(path + ": rename failed: " + err);
   }
+  detail::crash_point("file.renamed");
+  ::close(fd);  // the data is on disk (fsync above): nothing to report from close
   // Make the rename itself durable.
   int dfd = ::open(dir_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {

@@ -31,6 +31,14 @@ std::shared_ptr<TextEncoder> dense_encoder(const std::string& dir, const IndexIn
 }
 }  // namespace
 
+std::unique_ptr<Retriever> open_index(const std::string& dir, std::shared_ptr<TextEncoder> encoder) {
+  IndexInfo info = read_index_info(dir);
+  if (info.kind == "bm25") return std::make_unique<BM25Retriever>(dir);
+  if (!encoder)
+    throw InvalidArgument(dir + ": a dense index needs a text encoder (it was built with '" + info.encoder + "')");
+  return std::make_unique<DenseRetriever>(dir, std::move(encoder));
+}
+
 std::unique_ptr<Retriever> open_retriever(const std::string& dir, const RetrieverOptions& options) {
   IndexInfo info = read_index_info(dir);
   std::shared_ptr<TextEncoder> encoder;

@@ -1,4 +1,4 @@
-// Index directories: meta.json, opening by kind.
+// Index directories: meta.json (LibTorch-free: flashback_corpus).
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -82,14 +82,6 @@ IndexInfo read_index_info(const std::string& dir) {
   info.format = j.value("format", std::string());
   info.encoder = j.value("encoder", std::string());
   return info;
-}
-
-std::unique_ptr<Retriever> open_index(const std::string& dir, std::shared_ptr<TextEncoder> encoder) {
-  IndexInfo info = read_index_info(dir);
-  if (info.kind == "bm25") return std::make_unique<BM25Retriever>(dir);
-  if (!encoder)
-    throw InvalidArgument(dir + ": a dense index needs a text encoder (it was built with '" + info.encoder + "')");
-  return std::make_unique<DenseRetriever>(dir, std::move(encoder));
 }
 
 }  // namespace flashback

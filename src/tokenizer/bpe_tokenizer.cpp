@@ -197,7 +197,8 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(BpeModel model, std::string source)
     byte_ids_[b] = it == by_text_.end() ? -1 : it->second;
   }
   for (size_t r = 0; r < model_.merges.size(); ++r) {
-    const auto& [a, b] = model_.merges[r];
+    const std::string& a = model_.merges[r].first;  // not a structured binding: lambdas capture it
+    const std::string& b = model_.merges[r].second;
     auto find = [&](const std::string& t) {
       auto it = by_text_.find(t);
       if (it == by_text_.end())

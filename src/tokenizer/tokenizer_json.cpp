@@ -1,6 +1,7 @@
 // HF tokenizer.json <-> BpeModel, for byte-level BPE vocabularies (GPT-2,
 // SmolLM, Llama-3), and the BOS/EOS of a tokenizer_config.json beside it.
 #include <filesystem>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 
 #include "flashback/error.hpp"
@@ -112,16 +113,34 @@ BpeModel parse_tokenizer_json(std::string_view text, const std::string& path) {
           throw FormatError(path, "added token '" + a["content"].get<std::string>() + "' sets " + flag + " (not supported)");
       n = std::max(n, a["id"].get<int64_t>() + 1);
     }
+    // Ids are dense, so they cannot pass the number of entries: checked before allocating (an id of
+    // 2^30 in a small file would otherwise allocate a billion strings).
+    if (uint64_t(n) > m["vocab"].size() + added.size())
+      throw FormatError(path, "token ids reach " + std::to_string(n - 1) + " but only " +
+                                  std::to_string(m["vocab"].size() + added.size()) + " tokens are given");
     b.tokens.assign(size_t(n), std::string());
     b.types.assign(size_t(n), PieceType::Normal);
     for (const auto& [tok, id] : m["vocab"].items()) b.tokens[size_t(id.get<int64_t>())] = tok;
     for (const auto& a : added) {
       const size_t id = size_t(a["id"].get<int64_t>());
-      b.tokens[id] = a["content"].get<std::string>();
+      const std::string content = a["content"].get<std::string>();
+      // An added token and model.vocab agree on its id, as HF writes them; otherwise the file is ambiguous.
+      if (!b.tokens[id].empty() && b.tokens[id] != content)
+        throw FormatError(path, "added token '" + content + "' has id " + std::to_string(id) +
+                                    ", which model.vocab gives to '" + b.tokens[id] + "'");
+      if (const auto v = m["vocab"].find(content); v != m["vocab"].end() && v->get<int64_t>() != int64_t(id))
+        throw FormatError(path, "added token '" + content + "' has id " + std::to_string(id) + " but model.vocab says " +
+                                    std::to_string(v->get<int64_t>()));
+      b.tokens[id] = content;
       b.types[id] = a.value("special", false) ? PieceType::Control : PieceType::UserDefined;
     }
-    for (size_t i = 0; i < b.tokens.size(); ++i)
+    std::unordered_map<std::string_view, size_t> seen;
+    for (size_t i = 0; i < b.tokens.size(); ++i) {
       if (b.tokens[i].empty()) throw FormatError(path, "token id " + std::to_string(i) + " is missing from the vocabulary");
+      if (const auto [at, fresh] = seen.emplace(b.tokens[i], i); !fresh)
+        throw FormatError(path, "token '" + b.tokens[i] + "' has two ids, " + std::to_string(at->second) + " and " +
+                                    std::to_string(i));
+    }
     for (const auto& mg : m["merges"]) {
       if (mg.is_string()) {
         const std::string s = mg.get<std::string>();

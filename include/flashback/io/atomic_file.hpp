@@ -1,6 +1,8 @@
 // Atomic writes: the data goes to a temporary file in the same directory, is
 // flushed to disk, then renamed over the target. A crash leaves the old file
-// or the new one, never half of one.
+// or the new one, never half of one; the temporary a killed writer leaves
+// ("<path>.tmp.<pid>.<n>", flock'ed while its writer lives) is removed by the
+// next write of the same path.
 #pragma once
 
 #include <functional>
