@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, builds, runs every test.
-# Usage: scripts/test.sh [--sanitize]   (ASan + UBSan build in build-asan/)
+# Usage: scripts/test.sh [--sanitize | --tsan]   (ASan + UBSan build in build-asan/; ThreadSanitizer
+#   build in build-tsan/, which runs the concurrency tests only)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 "$root/scripts/setup.sh"
+if [ "${1:-}" = "--tsan" ]; then
+  # The C++ tests tagged [threads] (one model, many sequences, a shared retriever), in the test binary
+  # alone: Python would need libtsan preloaded. LibTorch, Xapian and libgomp are not instrumented: one
+  # intra-op thread keeps LibTorch's OpenMP pool out, and tests/tsan.supp names the third-party frames
+  # whose reports are not flashback's (none of flashback's own). Any report fails the run (status 66).
+  "$root/scripts/build.sh" --tsan flashback_tests
+  build=${FLASHBACK_BUILD_DIR:-$root/build-tsan}
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$root/tests/tsan.supp:second_deadlock_stack=1}
+  export FLASHBACK_THREADS=1 OMP_NUM_THREADS=1
+  exec "$build/tests/flashback_tests" "[threads]"
+fi
 "$root/scripts/build.sh" "$@"
 build=${FLASHBACK_BUILD_DIR:-$root/build}
 # The Python package, pip-installed into .venv as a user would (scikit-build-core

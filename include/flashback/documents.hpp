@@ -8,6 +8,11 @@
 //   RandomDocuments     the paper's speed test: a fresh random document
 //   FixedDocuments      given documents, one list per retrieval (tests, replays)
 //   NoDocuments         nothing (plain generation)
+//
+// Thread-safety: a source belongs to one sequence, like its context (it
+// remembers the last query, the history, a generator's state, the next
+// list): not thread-safe. Many RetrievedDocuments may share one Retriever,
+// which is (retriever.hpp).
 #pragma once
 
 #include <ATen/ATen.h>

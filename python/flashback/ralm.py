@@ -12,6 +12,12 @@ A Context holds one sequence's KV cache and layout (append: FlashBack, prepend: 
 `place(docs)` and `append(tokens)` return logits tensors, so custom loops are a few lines of Python.
 A retriever written in Python subclasses flashback.Retriever and returns dicts {"text", "title"} from
 retrieve(query, k); the C++ loops call it like the built-in indexes.
+
+Threads: generate() and evaluate() release the GIL for the whole C++ loop, and each call makes its own
+Context and document source, so several threads may call them at once on one model (in eval mode, as
+from_pretrained returns it: a model in training mode is switched to eval for each call, which is a write)
+and one retriever (the built-in indexes serialise their searches; a Python retriever runs under the GIL).
+Adapter changes (merge, load, enable) must not overlap a call. A Context is one sequence: one thread at a time.
 """
 
 from __future__ import annotations
@@ -180,13 +186,16 @@ def _ids(model: LlamaForCausalLM, text_or_ids: Union[str, Sequence[int]]) -> Lis
 
 @contextlib.contextmanager
 def _eval_mode(model: LlamaForCausalLM):
-    """The RALM loops are inference: no dropout, whatever mode the model is in."""
-    was = model.training
+    """The RALM loops are inference: no dropout, whatever mode the model is in. A model already in eval
+    mode is left alone: concurrent calls on it then write nothing to the model another thread is reading."""
+    if not model.training:
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        model.train(was)
+        model.train(True)
 
 
 def _tokenizer(model: LlamaForCausalLM) -> "_C.Tokenizer":

@@ -105,9 +105,10 @@ struct BM25Retriever::Impl {
   Xapian::Database db;
   Analyzer analyzer;
   std::unique_ptr<Xapian::Enquire> enquire;
+  int64_t passages = 0;     // read at open: size() never touches the database
   uint64_t exclusion_generation = ~uint64_t{0};
   Xapian::Query exclusion;  // OR of the forbidden title terms present in the index
-  std::mutex mu;            // Xapian objects are not thread-safe
+  std::mutex mu;            // held by every use of the Xapian objects above: they are not thread-safe
 };
 
 BM25Retriever::BM25Retriever(const std::string& dir, BM25Params params) : impl_(std::make_unique<Impl>()) {
@@ -124,6 +125,7 @@ BM25Retriever::BM25Retriever(const std::string& dir, BM25Params params) : impl_(
     throw FormatError(dir, "corrupt BM25 index: " + e.get_description());
   }
   const auto n = static_cast<int64_t>(impl_->db.get_doccount());
+  impl_->passages = n;
   if (n != meta["passages"].get<int64_t>())
     throw FormatError(dir, "corrupt BM25 index: meta.json says " + meta["passages"].dump() + " passages, the database holds " +
                                std::to_string(n));
@@ -137,7 +139,7 @@ BM25Retriever::BM25Retriever(const std::string& dir, BM25Params params) : impl_(
 
 BM25Retriever::~BM25Retriever() = default;
 
-int64_t BM25Retriever::size() const { return static_cast<int64_t>(impl_->db.get_doccount()); }
+int64_t BM25Retriever::size() const { return impl_->passages; }
 
 std::vector<Passage> BM25Retriever::retrieve(const std::string& query, int64_t k) {
   if (k <= 0) throw InvalidArgument("retrieve: k must be positive (got " + std::to_string(k) + ")");

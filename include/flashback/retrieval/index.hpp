@@ -50,6 +50,10 @@ struct BM25Params {
 void build_bm25_index(const std::vector<Passage>& passages, const IndexInfo& info, const std::string& dir,
                       const ProgressFn& progress = {});
 
+// Thread-safe as Retriever states: one Xapian database handle, its searches
+// serialised by a mutex (a Xapian::Database may not be used from two threads
+// at once). Searches are short next to a forward pass; a caller that wants
+// them in parallel opens one BM25Retriever per thread on the same directory.
 class BM25Retriever : public Retriever {
  public:
   explicit BM25Retriever(const std::string& dir, BM25Params params = {});
@@ -64,6 +68,10 @@ class BM25Retriever : public Retriever {
 
 // ---- Dense: passages and queries embedded by a pluggable encoder; exact
 // inner-product top-k over the memory-mapped [N, dim] fp32 matrix (Eigen).
+// DenseRetriever is thread-safe as Retriever states: a query is encoded and
+// scored under one lock, so its encoder is only ever called from one thread
+// at a time by this retriever (an encoder shared with other code must be
+// thread-safe itself; ModelEncoder is: a forward of a shared model).
 class TextEncoder {
  public:
   virtual ~TextEncoder() = default;

@@ -1,5 +1,6 @@
 // The default dense encoder: the decoder's final hidden states, mean-pooled
-// over the text's tokens (no BOS), L2-normalised.
+// over the text's tokens (no BOS), L2-normalised. Thread-safe: encode() only
+// reads the model (a forward without a cache) and the tokenizer.
 #pragma once
 
 #include <memory>

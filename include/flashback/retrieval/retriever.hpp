@@ -44,6 +44,14 @@ class TitleFilter {
   std::unordered_set<std::string> titles_;
 };
 
+// Thread-safety: one retriever may serve many sequences at once. retrieve()
+// and size() may be called concurrently from any number of threads (the
+// library's indexes serialise their searches internally: Xapian objects are
+// not thread-safe, and a dense query encodes and scores under one lock; a
+// subclass must keep this contract, e.g. a Python retriever takes the GIL).
+// set_title_filter() is configuration: call it before the retriever is
+// shared, never while a retrieve() may be running. Each sequence keeps its
+// own DocumentSource (documents.hpp) over the shared retriever.
 class Retriever {
  public:
   virtual ~Retriever() = default;
