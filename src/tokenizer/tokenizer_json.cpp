@@ -1,5 +1,6 @@
 // HF tokenizer.json <-> BpeModel, for byte-level BPE vocabularies (GPT-2,
 // SmolLM, Llama-3), and the BOS/EOS of a tokenizer_config.json beside it.
+#include <algorithm>
 #include <filesystem>
 #include <unordered_map>
 #include <nlohmann/json.hpp>
@@ -113,11 +114,20 @@ BpeModel parse_tokenizer_json(std::string_view text, const std::string& path) {
           throw FormatError(path, "added token '" + a["content"].get<std::string>() + "' sets " + flag + " (not supported)");
       n = std::max(n, a["id"].get<int64_t>() + 1);
     }
-    // Ids are dense, so they cannot pass the number of entries: checked before allocating (an id of
-    // 2^30 in a small file would otherwise allocate a billion strings).
-    if (uint64_t(n) > m["vocab"].size() + added.size())
-      throw FormatError(path, "token ids reach " + std::to_string(n - 1) + " but only " +
-                                  std::to_string(m["vocab"].size() + added.size()) + " tokens are given");
+    // Ids are dense, so they cannot pass the number of entries: a gap is named before allocating (an id
+    // of 2^30 in a small file would otherwise allocate a billion strings first).
+    if (uint64_t(n) > m["vocab"].size() + added.size()) {
+      std::vector<int64_t> ids;
+      for (const auto& [tok, id] : m["vocab"].items()) ids.push_back(id.get<int64_t>());
+      for (const auto& a : added) ids.push_back(a["id"].get<int64_t>());
+      std::sort(ids.begin(), ids.end());
+      int64_t missing = 0;
+      for (int64_t id : ids) {
+        if (id > missing) break;
+        if (id == missing) ++missing;
+      }
+      throw FormatError(path, "token id " + std::to_string(missing) + " is missing from the vocabulary");
+    }
     b.tokens.assign(size_t(n), std::string());
     b.types.assign(size_t(n), PieceType::Normal);
     for (const auto& [tok, id] : m["vocab"].items()) b.tokens[size_t(id.get<int64_t>())] = tok;
