@@ -6,7 +6,7 @@
 #   default: 30 seconds per harness; --long: 1,000,000 executions per harness; --text: only the
 #   LibTorch-free harnesses (all but the adapter's, which needs the instrumented LibTorch library);
 #   --tests: first build and run the C++ tests (LibTorch's included) in the same ASan + UBSan build.
-#   CI runs `--tests --seconds 15`.
+#   CI runs `--tests --seconds 30`.
 #   The corpus grows in build-fuzz/corpus/<harness>/ across runs; findings (crash-*, leak-*,
 #   timeout-*, oom-*) land in build-fuzz/artifacts/<harness>/ and fail the run: each becomes an
 #   input in fuzz/regressions/<harness>/ (replayed by the ordinary suite) and a fix.
