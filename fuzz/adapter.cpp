@@ -3,8 +3,6 @@
 // are read, every tensor checked against the model, and the adapter added (merged or not).
 // Input: a little-endian u16 w, then n = w & 0x7FFF bytes of adapter_config.json, then the
 // safetensors file; w's top bit asks for the adapter merged.
-#include <filesystem>
-
 #include "flashback/llama.hpp"
 #include "flashback/peft.hpp"
 #include "harness.hpp"
@@ -12,11 +10,7 @@
 using namespace flashback;
 
 FLASHBACK_FUZZ_TARGET(adapter) {
-  static const std::string dir = [] {
-    const std::string d = fuzz::scratch_dir() + "/adapter";
-    std::filesystem::create_directories(d);
-    return d;
-  }();
+  static const std::string dir = fuzz::scratch_subdir("adapter");
   if (size < 2) return;
   const size_t word = data[0] | (size_t(data[1]) << 8);
   const bool merge = word & 0x8000;

@@ -37,15 +37,21 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v && *v ? v : fallback;
 }
 
+// GPT-2's printable stand-in for byte b (byte-level BPE writes every byte so).
+std::string byte_level_char(int b) {
+  auto printable = [](int c) { return (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF); };
+  int cp = b;
+  if (!printable(b)) {  // the others take 256, 257, ... in byte order
+    cp = 256;
+    for (int c = 0; c < b; ++c) cp += !printable(c);
+  }
+  return cp < 0x80 ? std::string(1, char(cp)) : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
+}
+
 // 256 byte tokens in GPT-2's printable alphabet, a few merges, two special tokens.
 Tokenizer small_byte_level(const std::string& pre) {
   BpeModel b;
-  int next = 256;
-  for (int c = 0; c < 256; ++c) {
-    const bool printable = (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
-    const int cp = printable ? c : next++;
-    b.tokens.push_back(cp < 0x80 ? std::string(1, char(cp)) : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))});
-  }
+  for (int c = 0; c < 256; ++c) b.tokens.push_back(byte_level_char(c));
   const std::string sp = "\xC4\xA0";  // GPT-2's printable space
   for (const auto& [l, r] : std::vector<std::pair<std::string, std::string>>{
            {"t", "h"}, {"th", "e"}, {sp, "the"}, {"i", "n"}, {sp, "a"}, {"e", "r"}, {"1", "2"}}) {
@@ -60,18 +66,6 @@ Tokenizer small_byte_level(const std::string& pre) {
   b.eos_id = static_cast<int32_t>(b.tokens.size()) - 2;
   b.pre = pre;
   return Tokenizer(std::move(b), "small-" + pre);
-}
-
-// GPT-2's printable stand-in for byte b (byte-level BPE writes every byte so).
-std::string byte_level_char(int b) {
-  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-  int cp = b;
-  if (!printable) {
-    cp = 256;
-    for (int c = 0; c < b; ++c)
-      if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) ++cp;
-  }
-  return cp < 0x80 ? std::string(1, char(cp)) : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
 }
 
 // The bytes the vocabulary has a piece for: a byte without one encodes as unknown (HF tokenizers

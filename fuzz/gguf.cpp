@@ -19,8 +19,7 @@ FLASHBACK_FUZZ_TARGET(gguf) {
     const auto file = std::static_pointer_cast<const MappedFile>(g.owner);
     for (const GgufTensorInfo& info : g.infos) {
       const uint8_t* p = g.tensor_data(info);
-      FUZZ_CHECK(info.nbytes == 0 || (p >= file->data() && info.nbytes <= file->size() &&
-                                      p - file->data() <= static_cast<ptrdiff_t>(file->size() - info.nbytes)));
+      FUZZ_CHECK(fuzz::inside(p, info.nbytes, file->data(), file->size()));
       fuzz::touch(p, info.nbytes);
       if (const GgmlType* t = find_ggml_type(info.ggml_type); t && ggml_type_dequantizable(info.ggml_type)) {
         const uint64_t blocks = std::min<uint64_t>(info.nbytes / t->bytes, 4);

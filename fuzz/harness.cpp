@@ -30,6 +30,12 @@ const std::string& scratch_dir() {
   return scratch.dir;
 }
 
+std::string scratch_subdir(const std::string& name) {
+  const std::string d = scratch_dir() + "/" + name;
+  std::filesystem::create_directories(d);
+  return d;
+}
+
 std::string write_input(std::string_view bytes, const std::string& name) {
   const std::string path = scratch_dir() + "/" + name;
   FILE* f = std::fopen(path.c_str(), "wb");

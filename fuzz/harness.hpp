@@ -31,8 +31,10 @@ bool register_target(const char* name, TargetFn fn);
 // user's checkpoint is mapped). One scratch directory per process, in /dev/shm where there is
 // one, removed at exit; `name` is the file's name in it.
 std::string write_input(std::string_view bytes, const std::string& name = "input");
-// The scratch directory itself (for inputs that are directories: an adapter, an index).
+// The scratch directory itself, and a directory `name` in it (created once), for inputs that are
+// directories: an adapter, an index.
 const std::string& scratch_dir();
+std::string scratch_subdir(const std::string& name);
 
 // Runs `fn`: flashback::Error is how bad input ends; any other exception escapes to the fuzzer.
 template <class F>
@@ -52,6 +54,11 @@ inline void touch(const void* p, size_t n) {
   for (size_t i = 0; i < n; ++i) acc ^= b[i];
   static volatile uint8_t sink;
   sink = acc;
+}
+
+// Whether the span [p, p + n) a parser handed out lies inside the mapped file [base, base + size).
+inline bool inside(const uint8_t* p, size_t n, const uint8_t* base, size_t size) {
+  return n == 0 || (p >= base && n <= size && static_cast<size_t>(p - base) <= size - n);
 }
 
 [[noreturn]] inline void fail(const char* what, const char* file, int line) {

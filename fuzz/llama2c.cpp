@@ -14,8 +14,7 @@ FLASHBACK_FUZZ_TARGET(llama2c) {
     for (const RawTensor& t : f.tensors) {
       FUZZ_CHECK(t.numel() >= 0 && t.nbytes == static_cast<size_t>(t.numel()) * dtype_size(t.dtype));
       const auto file = std::static_pointer_cast<const MappedFile>(t.owner);
-      FUZZ_CHECK(t.nbytes == 0 || (t.data >= file->data() && t.nbytes <= file->size() &&
-                                   t.data - file->data() <= static_cast<ptrdiff_t>(file->size() - t.nbytes)));
+      FUZZ_CHECK(fuzz::inside(t.data, t.nbytes, file->data(), file->size()));
       fuzz::touch(t.data, t.nbytes);
     }
   });
