@@ -37,7 +37,9 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v && *v ? v : fallback;
 }
 
-// GPT-2's printable stand-in for byte b (byte-level BPE writes every byte so).
+// GPT-2's printable stand-in for byte b (byte-level BPE writes every byte so). Written apart from the
+// library's map (src/tokenizer/bpe_tokenizer.cpp) on purpose: spelled_bytes decides with it which bytes
+// must round-trip, and the library's own map would check itself.
 std::string byte_level_char(int b) {
   auto printable = [](int c) { return (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF); };
   int cp = b;

@@ -73,7 +73,6 @@ run_one() {
   if [ -n "$runs" ]; then args+=(-runs="$runs"); else args+=(-max_total_time="$seconds"); fi
   local start=$SECONDS rc=0 stamp
   stamp=$(mktemp)  # findings are this run's: an older one is already a regression input or waits to be
-  trap 'rm -f "$stamp"' RETURN
   local inputs=("$build/corpus/$h" "$build/seeds/$h")  # new units go to the first
   [ -d "$root/fuzz/regressions/$h" ] && inputs+=("$root/fuzz/regressions/$h")
   "$build/fuzz/fuzz_$h" "${args[@]}" "${inputs[@]}" >"$build/fuzz-$h.log" 2>&1 || rc=$?
@@ -84,6 +83,7 @@ run_one() {
   ft=$(grep -o 'ft: [0-9]*' "$build/fuzz-$h.log" | tail -1 | cut -d' ' -f2)
   corp=$(find "$build/corpus/$h" -type f | wc -l)
   findings=$(find "$build/artifacts/$h" -type f -newer "$stamp" | wc -l)
+  rm -f "$stamp"
   printf '{"harness": "%s", "executions": %s, "seconds": %s, "coverage_edges": %s, "features": %s, "corpus": %s, "findings": %s, "exit": %s}\n' \
     "$h" "${execs:-0}" "$took" "${cov:-0}" "${ft:-0}" "$corp" "$findings" "$rc" >"$build/fuzz-$h.json"
   echo "fuzz.sh: $h: ${execs:-0} executions in ${took} s, coverage ${cov:-0} edges, $corp in corpus, $findings findings (exit $rc)" >&2
