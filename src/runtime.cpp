@@ -31,7 +31,9 @@ int init_threads(int n) {
 void ensure_default_threads() {
   static std::once_flag once;
   std::call_once(once, [] {
-    if (at::get_num_threads() == 1) init_threads(0);
+    // $FLASHBACK_THREADS is an explicit request: LibTorch 2.x starts with every core, not 1, so testing
+    // for 1 alone dropped it (tests/test_concurrency.cpp says what that cost).
+    if (env_int("FLASHBACK_THREADS") > 0 || at::get_num_threads() == 1) init_threads(0);
   });
 }
 

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <iomanip>
@@ -221,6 +222,17 @@ std::string mode_name(const Job& j) {
 }
 
 }  // namespace
+
+TEST_CASE("$FLASHBACK_THREADS sets LibTorch's intra-op threads whatever LibTorch starts with", "[threads]") {
+  // catch_main.cpp sets it to 1 unless given. LibTorch 1.x starts with 1 thread, 2.x with every core: under 2.x
+  // the eight threads below ran two spinning OpenMP threads each on 2 cores (69.5 s in ctest -j2, 4.4 s
+  // under 1.x; here, beside one busy core, 8.6 s with 2 threads against 2.0 s with 1).
+  const char* v = std::getenv("FLASHBACK_THREADS");
+  REQUIRE(v != nullptr);
+  Checkpoint ck = read_checkpoint(shared(kModel));
+  LlamaForCausalLM model = load_model(ck);  // applies it, once per process
+  CHECK(at::get_num_threads() == std::atoi(v));
+}
 
 TEST_CASE("eight threads of RALM contexts on one model and one BM25 retriever equal the same runs in sequence",
           "[context][retrieval][threads]") {
