@@ -16,8 +16,76 @@
 #include "flashback/formats/mapped_file.hpp"
 #include "flashback/formats/safetensors.hpp"
 #include "flashback/runtime.hpp"
+#include "gguf_layout.hpp"
 
 namespace flashback {
+
+namespace internal {
+
+namespace {
+const std::map<std::string, std::string>& gguf_global_names() {
+  static const std::map<std::string, std::string> m = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  return m;
+}
+const std::map<std::string, std::string>& gguf_layer_names() {
+  static const std::map<std::string, std::string> m = {
+      {"attn_norm.weight", "input_layernorm.weight"},   {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},     {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},       {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  return m;
+}
+// The layer index of "<prefix><digits>.<rest>", or npos.
+size_t layer_dot(const std::string& n, size_t prefix) {
+  const size_t dot = n.find('.', prefix);
+  return dot != std::string::npos && dot > prefix && n.find_first_not_of("0123456789", prefix) == dot ? dot
+                                                                                                      : std::string::npos;
+}
+}  // namespace
+
+std::string gguf_to_hf_name(const std::string& n, const std::string& path) {
+  if (auto it = gguf_global_names().find(n); it != gguf_global_names().end()) return it->second;
+  if (starts_with(n, "blk.")) {
+    if (size_t dot = layer_dot(n, 4); dot != std::string::npos) {
+      auto it = gguf_layer_names().find(n.substr(dot + 1));
+      if (it != gguf_layer_names().end()) return "model.layers." + n.substr(4, dot - 4) + "." + it->second;
+    }
+  }
+  throw FormatError(path, "unexpected tensor '" + n + "' (not part of a Llama model)");
+}
+
+std::string hf_to_gguf_name(const std::string& n) {
+  for (const auto& [gguf, hf] : gguf_global_names())
+    if (hf == n) return gguf;
+  const std::string prefix = "model.layers.";
+  if (starts_with(n, prefix)) {
+    if (size_t dot = layer_dot(n, prefix.size()); dot != std::string::npos) {
+      const std::string rest = n.substr(dot + 1);
+      for (const auto& [gguf, hf] : gguf_layer_names())
+        if (hf == rest) return "blk." + n.substr(prefix.size(), dot - prefix.size()) + "." + gguf;
+    }
+  }
+  throw InvalidArgument("tensor '" + n + "' has no GGUF name (not part of a Llama model)");
+}
+
+// Head by head, the pair (2i, 2i+1) lands at (i, i + D/2), and back.
+at::Tensor meta_to_hf_rope(const at::Tensor& w, int64_t heads) {
+  const int64_t rows = w.size(0), cols = w.size(1), D = rows / heads;
+  return w.view({heads, D / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+at::Tensor hf_to_meta_rope(const at::Tensor& w, int64_t heads) {
+  const int64_t rows = w.size(0), cols = w.size(1), D = rows / heads;
+  return w.view({heads, 2, D / 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+}  // namespace internal
 
 namespace {
 
@@ -66,14 +134,6 @@ at::Tensor to_tensor(const RawTensor& r) {
   return at::from_blob(const_cast<uint8_t*>(r.data), r.shape, [owner](void*) mutable { owner.reset(); }, opts);
 }
 
-// Meta/llama2.c/GGUF RoPE rotates adjacent pairs (0,1),(2,3)...; HF's
-// rotate_half rotates (i, i + D/2). Reorder each head's rows so that the
-// pair (2i, 2i+1) lands at (i, i + D/2).   w: [heads * D, C]
-at::Tensor meta_to_hf_rope(const at::Tensor& w, int64_t heads) {
-  const int64_t rows = w.size(0), cols = w.size(1), D = rows / heads;
-  return w.view({heads, D / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
-}
-
 void permute_qk(Checkpoint& ck) {
   const auto& c = ck.config;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -85,7 +145,7 @@ void permute_qk(Checkpoint& ck) {
       if (it->second.dim() != 2 || it->second.size(0) != heads * c.head_dim)
         throw FormatError(ck.path, "tensor '" + p + name + "' has shape " + shape_str(it->second.sizes().vec()) +
                                        " but the header needs " + std::to_string(heads * c.head_dim) + " rows");
-      it->second = meta_to_hf_rope(it->second, heads);
+      it->second = internal::meta_to_hf_rope(it->second, heads);
     }
   }
 }
@@ -176,30 +236,6 @@ Checkpoint read_llama2c_checkpoint(const std::string& path) {
 }
 
 // ---------------------------------------------------------------- GGUF
-std::string gguf_to_hf_name(const std::string& n, const std::string& path) {
-  static const std::map<std::string, std::string> global = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  static const std::map<std::string, std::string> per_layer = {
-      {"attn_norm.weight", "input_layernorm.weight"},   {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},     {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},       {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-  };
-  if (auto it = global.find(n); it != global.end()) return it->second;
-  if (starts_with(n, "blk.")) {
-    size_t dot = n.find('.', 4);
-    if (dot != std::string::npos && dot > 4 && n.find_first_not_of("0123456789", 4) == dot) {
-      auto it = per_layer.find(n.substr(dot + 1));
-      if (it != per_layer.end()) return "model.layers." + n.substr(4, dot - 4) + "." + it->second;
-    }
-  }
-  throw FormatError(path, "unexpected tensor '" + n + "' (not part of a Llama model)");
-}
-
 Checkpoint read_gguf_checkpoint(const std::string& path) {
   GgufFile g = read_gguf(path);
   const std::string arch = g.get_string("general.architecture");
@@ -209,7 +245,7 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
   ck.format = "gguf";
   bool quantized = false;
   for (const auto& info : g.infos) {
-    std::string name = gguf_to_hf_name(info.name, path);
+    std::string name = internal::gguf_to_hf_name(info.name, path);
     at::Tensor t;
     if (ggml_type_dequantizable(info.ggml_type)) {
       // Quantized: dequantized to fp32 here; load_model casts to the dtype asked for.

@@ -1,13 +1,16 @@
-// Writing HF model directories, and finding the tokenizer that goes with a model.
+// Writing HF model directories and GGUF files, and finding the tokenizer that goes with a model.
 #include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
 #include "flashback/checkpoint.hpp"
 #include "flashback/error.hpp"
+#include "flashback/strings.hpp"
+#include "flashback/formats/gguf.hpp"
 #include "flashback/formats/safetensors.hpp"
 #include "flashback/io/atomic_dir.hpp"
 #include "flashback/io/atomic_file.hpp"
+#include "gguf_layout.hpp"
 
 namespace flashback {
 
@@ -95,6 +98,99 @@ void save_hf_directory(const std::string& target, const LlamaConfig& config,
                        const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer) {
   write_directory_atomic(target, "config.json", "an HF model directory",
                          [&](const std::string& dir) { write_hf_files(dir, config, tensors, tokenizer); });
+}
+
+namespace {
+// tokenizer.ggml.*: llama.cpp's names for the vocabulary, padded to the model's rows as its converter pads
+// ("[PAD<id>]", unused), since llama.cpp takes the vocabulary's size for the embedding's.
+void gguf_tokenizer_metadata(std::vector<std::pair<std::string, GgufValue>>& kv, const Tokenizer& tok, int64_t rows) {
+  if (tok.vocab_size() > rows)
+    throw InvalidArgument("the tokenizer has " + std::to_string(tok.vocab_size()) +
+                          " pieces but the model's vocabulary has only " + std::to_string(rows));
+  const bool sp = tok.family() == TokenizerFamily::SentencePiece;
+  std::vector<GgufValue> tokens, scores, types;
+  for (int64_t id = 0; id < rows; ++id) {
+    const bool real = id < tok.vocab_size();
+    const int32_t i = static_cast<int32_t>(id);
+    tokens.push_back(gguf_string(real ? tok.id_to_piece(i) : "[PAD" + std::to_string(id) + "]"));
+    types.push_back(gguf_i32(static_cast<int32_t>(real ? tok.piece_type(i) : PieceType::Unused)));
+    if (sp) scores.push_back(gguf_f32(real ? tok.model().pieces[static_cast<size_t>(id)].score : -1e9f));
+  }
+  kv.emplace_back("tokenizer.ggml.model", gguf_string(sp ? "llama" : "gpt2"));
+  if (!sp) kv.emplace_back("tokenizer.ggml.pre", gguf_string(tok.bpe_model().pre));
+  kv.emplace_back("tokenizer.ggml.tokens", gguf_array(GgufValue::String, std::move(tokens)));
+  if (sp) kv.emplace_back("tokenizer.ggml.scores", gguf_array(GgufValue::F32, std::move(scores)));
+  kv.emplace_back("tokenizer.ggml.token_type", gguf_array(GgufValue::I32, std::move(types)));
+  if (!sp) {
+    std::vector<GgufValue> merges;
+    for (const auto& [a, b] : tok.bpe_model().merges) merges.push_back(gguf_string(a + " " + b));
+    kv.emplace_back("tokenizer.ggml.merges", gguf_array(GgufValue::String, std::move(merges)));
+  }
+  for (auto [key, id] : {std::pair<const char*, int32_t>{"tokenizer.ggml.bos_token_id", tok.bos_id()},
+                         std::pair<const char*, int32_t>{"tokenizer.ggml.eos_token_id", tok.eos_id()},
+                         std::pair<const char*, int32_t>{"tokenizer.ggml.unknown_token_id", tok.unk_id()},
+                         std::pair<const char*, int32_t>{"tokenizer.ggml.padding_token_id", tok.pad_id()}})
+    if (id >= 0) kv.emplace_back(key, gguf_u32(static_cast<uint32_t>(id)));
+  kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(tok.adds_bos()));
+  kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(false));
+  if (sp) kv.emplace_back("tokenizer.ggml.add_space_prefix", gguf_bool(tok.model().add_dummy_prefix));
+}
+}  // namespace
+
+void save_gguf(const std::string& path, const LlamaConfig& c, const std::map<std::string, at::Tensor>& tensors,
+               const Tokenizer& tokenizer, at::ScalarType dtype) {
+  uint32_t ggml_type = 0, file_type = 0;  // llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_BF16
+  switch (dtype) {
+    case at::kFloat: ggml_type = 0; file_type = 0; break;
+    case at::kHalf: ggml_type = 1; file_type = 1; break;
+    case at::kBFloat16: ggml_type = 30; file_type = 32; break;
+    default: throw InvalidArgument(std::string("GGUF export: dtype ") + c10::toString(dtype) + " (float32, float16 or bfloat16)");
+  }
+  c.validate(path);
+  if (c.head_dim * c.num_attention_heads != c.hidden_size)
+    throw InvalidArgument("GGUF export: head_dim " + std::to_string(c.head_dim) + " is not hidden_size / num_attention_heads");
+  auto u32 = [](int64_t v) { return gguf_u32(static_cast<uint32_t>(v)); };
+  std::vector<std::pair<std::string, GgufValue>> kv = {
+      {"general.architecture", gguf_string("llama")},
+      {"general.file_type", gguf_u32(file_type)},
+      {"llama.vocab_size", u32(c.vocab_size)},
+      {"llama.context_length", u32(c.max_position_embeddings)},
+      {"llama.embedding_length", u32(c.hidden_size)},
+      {"llama.block_count", u32(c.num_hidden_layers)},
+      {"llama.feed_forward_length", u32(c.intermediate_size)},
+      {"llama.rope.dimension_count", u32(c.head_dim)},
+      {"llama.attention.head_count", u32(c.num_attention_heads)},
+      {"llama.attention.head_count_kv", u32(c.num_key_value_heads)},
+      {"llama.attention.layer_norm_rms_epsilon", gguf_f32(static_cast<float>(c.rms_norm_eps))},
+      {"llama.rope.freq_base", gguf_f32(static_cast<float>(c.rope_theta))},
+  };
+  if (c.rope_type == "linear") {
+    kv.emplace_back("llama.rope.scaling.type", gguf_string("linear"));
+    kv.emplace_back("llama.rope.scaling.factor", gguf_f32(static_cast<float>(c.rope_factor)));
+  }
+  gguf_tokenizer_metadata(kv, tokenizer, c.vocab_size);
+
+  // Contiguous CPU copies in the file's types; `keep` holds them until written.
+  std::vector<at::Tensor> keep;
+  std::vector<GgufTensorOut> out;
+  for (const auto& [name, t] : tensors) {
+    if (name == "lm_head.weight" && c.tie_word_embeddings) continue;
+    if (ends_with(name, ".rotary_emb.inv_freq")) continue;
+    at::Tensor w = t.detach().to(at::kCPU);
+    if (ends_with(name, "self_attn.q_proj.weight")) w = internal::hf_to_meta_rope(w, c.num_attention_heads);
+    if (ends_with(name, "self_attn.k_proj.weight")) w = internal::hf_to_meta_rope(w, c.num_key_value_heads);
+    const bool vector = w.dim() == 1;  // norms: F32, as llama.cpp's converter keeps them
+    w = w.to(vector ? at::kFloat : dtype).contiguous();
+    keep.push_back(w);
+    GgufTensorOut o;
+    o.name = internal::hf_to_gguf_name(name);
+    o.ggml_type = vector ? 0 : ggml_type;
+    o.shape = w.sizes().vec();
+    o.data = w.data_ptr();
+    o.nbytes = w.nbytes();
+    out.push_back(std::move(o));
+  }
+  write_gguf(path, kv, out);
 }
 
 Tokenizer load_tokenizer(const Checkpoint& ck, const std::string& tokenizer_path) {

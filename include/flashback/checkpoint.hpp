@@ -5,6 +5,8 @@
 //   HF directory (config.json + model.safetensors | sharded index) ─┐
 //   llama2.c .bin (v0 / v1, Meta RoPE layout: q/k permuted) ─────────┼─▶ Checkpoint ─▶ LlamaForCausalLM
 //   GGUF v2/v3 (F32/F16/BF16, Meta RoPE layout: q/k permuted) ───────┘
+//
+// and out again: save_hf_directory, save_gguf.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -60,6 +62,13 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
 // (io/atomic_dir.hpp); an existing one must be empty or hold a config.json.
 void save_hf_directory(const std::string& dir, const LlamaConfig& config,
                        const std::map<std::string, at::Tensor>& tensors, const Tokenizer* tokenizer);
+
+// Writes the model as one GGUF v3 file in llama.cpp's layout (its tensor names, Q and K rows in Meta's RoPE
+// order, norms in F32, the tokenizer's vocabulary embedded), the weight matrices in `dtype`: float32,
+// float16 or bfloat16. Atomic. InvalidArgument for what llama.cpp's llama architecture cannot hold (a
+// head_dim other than hidden_size / num_attention_heads) or a tokenizer larger than the vocabulary.
+void save_gguf(const std::string& path, const LlamaConfig& config, const std::map<std::string, at::Tensor>& tensors,
+               const Tokenizer& tokenizer, at::ScalarType dtype);
 
 // The tokenizer that goes with a model: `tokenizer_path` when given, else a
 // tokenizer.model or tokenizer.json in the model directory, the tokenizer

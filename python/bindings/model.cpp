@@ -98,7 +98,10 @@ void bind_model(py::module_& m) {
            py::arg("dir"), py::arg("merge") = false, release_gil())
       .def("save_pretrained", [](Model& mm, const std::string& dir, const Tokenizer* tok) {
              save_hf_directory(dir, mm.config(), model_tensors(mm), tok);
-           }, py::arg("dir"), py::arg("tokenizer") = nullptr, release_gil());
+           }, py::arg("dir"), py::arg("tokenizer") = nullptr, release_gil())
+      .def("save_gguf", [](Model& mm, const std::string& path, const Tokenizer& tok, const std::string& dtype) {
+             save_gguf(path, mm.config(), model_tensors(mm), tok, parse_dtype(dtype).value_or(mm.dtype()));
+           }, py::arg("path"), py::arg("tokenizer"), py::arg("dtype") = "auto", release_gil());
 
   m.def("dequantize", [](uint32_t ggml_type, const py::bytes& data, int64_t n) {
           const std::string bytes = data;

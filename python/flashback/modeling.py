@@ -460,6 +460,15 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError("merge_and_unload() the adapter first, or save it with save_adapter()")
         self._core.save_pretrained(str(path), self.tokenizer)
 
+    def save_gguf(self, path: Union[str, Path], dtype: str = "auto") -> None:
+        """The whole model as one GGUF file llama.cpp runs (its tensor names and RoPE row order, the
+        tokenizer embedded), matrices in `dtype` ("auto": the model's; fp32, bf16, fp16), norms in F32."""
+        if self.has_adapter:
+            raise ValueError("merge_and_unload() the adapter first: GGUF holds the merged weights")
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name_or_path or 'this model'} has no tokenizer: GGUF embeds one")
+        self._core.save_gguf(str(path), self.tokenizer, dtype)
+
     # ------------------------------------------------------------ text helpers
     def encode(self, text: str, bos: Optional[bool] = None) -> List[int]:
         """The ids of `text`; bos=None starts it as the tokenizer starts a sequence (Llama-2: with BOS,

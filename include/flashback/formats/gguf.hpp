@@ -69,5 +69,29 @@ Tokenizer gguf_tokenizer(const GgufFile& file);
 // overlaps. FormatError(path, ...) on any violation.
 GgufFile read_gguf(const std::string& path);
 
+// One tensor to write: its bytes in the ggml type's layout (quantized ones as ggml's blocks).
+struct GgufTensorOut {
+  std::string name;
+  uint32_t ggml_type = 0;
+  std::vector<int64_t> shape;  // row-major (torch) order, as GgufTensorInfo
+  const void* data = nullptr;
+  uint64_t nbytes = 0;
+};
+
+// Writes a GGUF v3 file atomically (io/atomic_file.hpp): the metadata in the order given, the tensor
+// infos, then each tensor's bytes at an offset aligned to `alignment` (general.alignment, when the
+// metadata has it). InvalidArgument, naming the tensor or key, for a byte count that does not match
+// the type and shape, a row that is not whole blocks, a duplicate name, or a value read_gguf would refuse.
+void write_gguf(const std::string& path, const std::vector<std::pair<std::string, GgufValue>>& metadata,
+                const std::vector<GgufTensorOut>& tensors);
+
+// Metadata values, for write_gguf.
+GgufValue gguf_u32(uint32_t v);
+GgufValue gguf_i32(int32_t v);
+GgufValue gguf_f32(float v);
+GgufValue gguf_bool(bool v);
+GgufValue gguf_string(std::string v);
+GgufValue gguf_array(GgufValue::Type elem, std::vector<GgufValue> items);
+
 
 }  // namespace flashback
