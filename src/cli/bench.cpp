@@ -36,6 +36,7 @@ using bench::since;
 
 struct BenchRalmArgs {
   std::string config = bench::kDefaultConfig;
+  std::string model;  // a checkpoint instead of random weights of `config`
   std::string dtype = "fp32";
   std::string device = "cpu";
   std::string modes = "append,prepend";
@@ -45,6 +46,7 @@ struct BenchRalmArgs {
   bool json = false;
 
   int64_t to_generate() const { return total - doc - init; }
+  const std::string& measured() const { return model.empty() ? config : model; }
   // The layout holds at most total + 2 (marks) positions: the window never slides.
   int64_t capacity() const { return total + 2 + stride; }
 };
@@ -127,7 +129,7 @@ nlohmann::ordered_json summarize(ContextMode mode, const std::vector<RunResult>&
 
 void print_table(const nlohmann::ordered_json& j, const BenchRalmArgs& a) {
   std::printf("bench ralm  %s  %s, %lld params, init %lld, total %lld, stride %lld, doc %lld, %d threads, %d repeat(s)\n",
-              a.config.c_str(), a.dtype.c_str(), (long long)j["parameters"].get<int64_t>(), (long long)a.init,
+              a.measured().c_str(), a.dtype.c_str(), (long long)j["parameters"].get<int64_t>(), (long long)a.init,
               (long long)a.total, (long long)a.stride, (long long)a.doc, j["threads"].get<int>(), a.repeats);
   std::printf("%-8s %9s %9s %11s %9s %10s %10s %9s %9s %7s\n", "mode", "seconds", "generated", "re-encoded", "decoded",
               "retrieve s", "encode s", "decode s", "other s", "model%");
@@ -155,7 +157,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   const std::vector<ContextMode> modes = parse_context_modes(a.modes);
   const int threads = init_threads(a.threads);
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
-  LlamaForCausalLM model = bench::random_model(a.config, a.dtype, a.seed, a.capacity(), a.device);
+  LlamaForCausalLM model = bench::bench_model(a.model, a.config, a.dtype, a.seed, a.capacity(), a.device);
   KVCacheStore cache = model->make_cache(1, a.capacity());
   int64_t weight_bytes = 0;
   for (const auto& p : model->parameters()) weight_bytes += int64_t(p.nbytes());
@@ -174,7 +176,7 @@ void bench_ralm(const BenchRalmArgs& a) {
 
   nlohmann::ordered_json j;
   j["bench"] = "ralm";
-  j["config"] = a.config;
+  j["config"] = a.measured();
   j["parameters"] = model->config().num_parameters();
   j["dtype"] = a.dtype;
   j["device"] = a.device;
@@ -206,13 +208,14 @@ void bench_ralm(const BenchRalmArgs& a) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks on random weights (the paper's runtime test)");
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks on random weights or a --model (the paper's runtime test)");
   bench->require_subcommand(1);
   auto a = std::make_shared<BenchRalmArgs>();
   CLI::App* cmd = bench->add_subcommand("ralm", "append vs prepend: generate from --init to --total - --doc tokens, "
                                                 "a random document every --stride tokens");
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
+  cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--init", a->init, "input tokens at the start")->check(CLI::PositiveNumber);

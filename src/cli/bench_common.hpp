@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "flashback/checkpoint.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/llama.hpp"
 
@@ -46,6 +47,8 @@ inline int64_t peak_rss_bytes() {
 // The model the benchmarks measure by default: a 134M Llama (GPT-2 small's
 // shape with Llama-2's vocabulary), the scale of the paper's speed test.
 inline constexpr const char* kDefaultConfig = "hidden=768,layers=12,heads=12,kv_heads=12,ffn=2048,vocab=32000";
+inline constexpr const char* kModelHelp =
+    "a checkpoint (HF directory, llama2.c .bin, .gguf) to measure instead of random weights of --config";
 
 // A model of the config spec (config.hpp's from_spec) with random weights
 // (HF's init), in eval mode, able to hold at least `positions` positions.
@@ -59,6 +62,22 @@ inline LlamaForCausalLM random_model(const std::string& spec, const std::string&
   mo.device = parse_device(device);  // made and drawn there: no host copy of a 7B model
   LlamaForCausalLM model(config, mo);
   model->init_random(seed);
+  model->eval();
+  return model;
+}
+
+// What a benchmark measures: the checkpoint at `model_path` when given (its weights in `dtype`: the same
+// file llama.cpp runs, for a side-by-side run), else random weights of `spec`.
+inline LlamaForCausalLM bench_model(const std::string& model_path, const std::string& spec, const std::string& dtype,
+                                    uint64_t seed, int64_t positions, const std::string& device = "cpu") {
+  if (model_path.empty()) return random_model(spec, dtype, seed, positions, device);
+  LoadOptions o;
+  o.dtype = parse_dtype(dtype);
+  o.device = parse_device(device);
+  LlamaForCausalLM model = load_model(model_path, o);
+  if (model->config().max_position_embeddings < positions)
+    throw InvalidArgument(model_path + ": the model holds " + std::to_string(model->config().max_position_embeddings) +
+                          " positions; this benchmark needs " + std::to_string(positions));
   model->eval();
   return model;
 }

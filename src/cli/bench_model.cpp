@@ -38,6 +38,7 @@ using bench::since;
 
 struct BenchModelArgs {
   std::string config = bench::kDefaultConfig;
+  std::string model;  // a checkpoint instead of random weights of `config`
   std::string dtype = "fp32";
   std::string device = "cpu";
   int64_t tokens = 0;  // prefill length / decode steps (defaults per command)
@@ -45,6 +46,8 @@ struct BenchModelArgs {
   int repeats = 3, threads = 0;
   uint64_t seed = 0;
   bool baseline = false, json = false;
+
+  const std::string& measured() const { return model.empty() ? config : model; }
 };
 
 // Memory read bandwidth in bytes/s: the best of `reps` sums over a 512 MiB
@@ -83,7 +86,7 @@ struct Setup {
 Setup setup(const BenchModelArgs& a, int64_t positions) {
   Setup s;
   s.threads = init_threads(a.threads);
-  s.model = std::make_unique<LlamaForCausalLM>(bench::random_model(a.config, a.dtype, a.seed, positions, a.device));
+  s.model = std::make_unique<LlamaForCausalLM>(bench::bench_model(a.model, a.config, a.dtype, a.seed, positions, a.device));
   s.config = (*s.model)->config();
   s.dtype = (*s.model)->dtype();
   return s;
@@ -98,7 +101,7 @@ int64_t matmul_params(const LlamaConfig& c) {
 
 nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
   nlohmann::ordered_json j;
-  j["config"] = a.config;
+  j["config"] = a.measured();
   j["parameters"] = s.config.num_parameters();
   j["dtype"] = a.dtype;
   j["device"] = a.device;
@@ -193,7 +196,7 @@ void bench_prefill(BenchModelArgs a) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("bench prefill  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
+  std::printf("bench prefill  %s  %s, %lld params, %d threads\n", a.measured().c_str(), a.dtype.c_str(),
               (long long)c.num_parameters(), s.threads);
   std::printf("prefill %lld tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s = %.0f%% of LibTorch's best fp32 GEMM here (%.1f GFLOP/s)\n",
               (long long)a.tokens, secs, T / secs, flops / secs / 1e9, 100 * j["fraction_of_gemm"].get<double>(),
@@ -283,7 +286,7 @@ void bench_decode(BenchModelArgs a) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("bench decode  %s  %s, %lld params, %d threads\n", a.config.c_str(), a.dtype.c_str(),
+  std::printf("bench decode  %s  %s, %lld params, %d threads\n", a.measured().c_str(), a.dtype.c_str(),
               (long long)c.num_parameters(), s.threads);
   std::printf("decode at context %lld: %.2f tok/s; floor %.2f tok/s (%.1f MB per token at %.1f GB/s) -> %.0f%%\n",
               (long long)a.context, 1.0 / step, floor, bytes / 1e6, bw / 1e9, 100 * j["fraction_of_floor"].get<double>());
@@ -295,6 +298,7 @@ void bench_decode(BenchModelArgs a) {
 void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
+  cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--repeats", a->repeats, "timed runs after a warm-up (median reported)")->check(CLI::Range(1, 100));

@@ -87,6 +87,27 @@ def test_bench_prefill_and_decode_smoke():
     fails("bench", "prefill", "--config", "hidden=32,heads=5", contains=("num_attention_heads (5)",))
 
 
+def test_bench_measures_the_checkpoint_given_with_model():
+    """--model: a real file's weights instead of random ones (the file llama.cpp runs, side by side)."""
+    stories = SHARED / "models/stories260K/stories260K.bin"
+    # stories260K, by hand: per layer q 64x64 + k, v 32x64 + o 64x64 + gate, up, down 3 x 172x64 + two norms
+    # of 64 = 45440; 5 layers, the final norm (64) and the tied embedding 512x64 (once).
+    params = 5 * 45440 + 64 + 512 * 64
+    j = json.loads(run("bench", "ralm", "--model", stories, "--init", 100, "--total", 300, "--doc", 40,
+                       "--json", "--threads", 1).stdout)
+    assert j["config"] == str(stories) and j["parameters"] == params
+    assert {m["mode"]: m["tokens_reencoded"] for m in j["modes"]} == {"append": 664, "prepend": 2120}  # as above
+    p = json.loads(run("bench", "prefill", "-m", stories, "--tokens", 24, "--repeats", 1, "--json",
+                       "--threads", 1).stdout)
+    assert p["config"] == str(stories) and p["parameters"] == params and p["seconds"] > 0
+    d = json.loads(run("bench", "decode", "-m", stories, "--dtype", "bf16", "--context", 20, "--tokens", 4,
+                       "--repeats", 1, "--json", "--threads", 1).stdout)
+    assert d["dtype"] == "bf16" and d["tokens_per_s"] > 0
+    fails("bench", "ralm", "-m", stories, "--init", 100, "--total", 600,
+          contains=(str(stories), "holds 512 positions", "needs 618"))
+    fails("bench", "decode", "-m", SHARED / "nothing-here.gguf", contains=("nothing-here.gguf",))
+
+
 def test_bench_retrieve_smoke(tmp_path):
     if run("bench", "retrieve", "--help", check=False).returncode != 0:
         pytest.skip("built without retrieval")
