@@ -107,23 +107,26 @@ void gguf_tokenizer_metadata(std::vector<std::pair<std::string, GgufValue>>& kv,
   if (tok.vocab_size() > rows)
     throw InvalidArgument("the tokenizer has " + std::to_string(tok.vocab_size()) +
                           " pieces but the model's vocabulary has only " + std::to_string(rows));
-  const bool sp = tok.family() == TokenizerFamily::SentencePiece;
-  std::vector<GgufValue> tokens, scores, types;
+  std::vector<GgufValue> tokens, types;
   for (int64_t id = 0; id < rows; ++id) {
     const bool real = id < tok.vocab_size();
-    const int32_t i = static_cast<int32_t>(id);
-    tokens.push_back(gguf_string(real ? tok.id_to_piece(i) : "[PAD" + std::to_string(id) + "]"));
-    types.push_back(gguf_i32(static_cast<int32_t>(real ? tok.piece_type(i) : PieceType::Unused)));
-    if (sp) scores.push_back(gguf_f32(real ? tok.model().pieces[static_cast<size_t>(id)].score : -1e9f));
+    tokens.push_back(gguf_string(real ? tok.id_to_piece(int32_t(id)) : "[PAD" + std::to_string(id) + "]"));
+    types.push_back(gguf_i32(static_cast<int32_t>(real ? tok.piece_type(int32_t(id)) : PieceType::Unused)));
   }
+  const bool sp = tok.family() == TokenizerFamily::SentencePiece;
   kv.emplace_back("tokenizer.ggml.model", gguf_string(sp ? "llama" : "gpt2"));
-  if (!sp) kv.emplace_back("tokenizer.ggml.pre", gguf_string(tok.bpe_model().pre));
   kv.emplace_back("tokenizer.ggml.tokens", gguf_array(GgufValue::String, std::move(tokens)));
-  if (sp) kv.emplace_back("tokenizer.ggml.scores", gguf_array(GgufValue::F32, std::move(scores)));
   kv.emplace_back("tokenizer.ggml.token_type", gguf_array(GgufValue::I32, std::move(types)));
-  if (!sp) {
+  if (sp) {
+    std::vector<GgufValue> scores;
+    for (int64_t id = 0; id < rows; ++id)
+      scores.push_back(gguf_f32(id < tok.vocab_size() ? tok.model().pieces[size_t(id)].score : -1e9f));
+    kv.emplace_back("tokenizer.ggml.scores", gguf_array(GgufValue::F32, std::move(scores)));
+    kv.emplace_back("tokenizer.ggml.add_space_prefix", gguf_bool(tok.model().add_dummy_prefix));
+  } else {
     std::vector<GgufValue> merges;
     for (const auto& [a, b] : tok.bpe_model().merges) merges.push_back(gguf_string(a + " " + b));
+    kv.emplace_back("tokenizer.ggml.pre", gguf_string(tok.bpe_model().pre));
     kv.emplace_back("tokenizer.ggml.merges", gguf_array(GgufValue::String, std::move(merges)));
   }
   for (auto [key, id] : {std::pair<const char*, int32_t>{"tokenizer.ggml.bos_token_id", tok.bos_id()},
@@ -133,7 +136,6 @@ void gguf_tokenizer_metadata(std::vector<std::pair<std::string, GgufValue>>& kv,
     if (id >= 0) kv.emplace_back(key, gguf_u32(static_cast<uint32_t>(id)));
   kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(tok.adds_bos()));
   kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(false));
-  if (sp) kv.emplace_back("tokenizer.ggml.add_space_prefix", gguf_bool(tok.model().add_dummy_prefix));
 }
 }  // namespace
 
