@@ -147,6 +147,16 @@ void permute_qk(Checkpoint& ck) {
                                        " but the header needs " + std::to_string(heads * c.head_dim) + " rows");
       it->second = internal::meta_to_hf_rope(it->second, heads);
     }
+    for (auto [name, heads] : {std::pair<const char*, int64_t>{"q_proj.weight", c.num_attention_heads},
+                               std::pair<const char*, int64_t>{"k_proj.weight", c.num_key_value_heads}}) {
+      auto it = ck.quantized.find(p + name);
+      if (it == ck.quantized.end()) continue;
+      if (it->second.rows != heads * c.head_dim)
+        throw FormatError(ck.path, "tensor '" + p + name + "' has " + std::to_string(it->second.rows) +
+                                       " rows but the header needs " + std::to_string(heads * c.head_dim));
+      // Whole rows of blocks move: the same permutation on the bytes.
+      it->second.data = internal::meta_to_hf_rope(it->second.data, heads).contiguous();
+    }
   }
 }
 
@@ -236,7 +246,13 @@ Checkpoint read_llama2c_checkpoint(const std::string& path) {
 }
 
 // ---------------------------------------------------------------- GGUF
-Checkpoint read_gguf_checkpoint(const std::string& path) {
+// A layer projection (not the embedding or the head) in a type kept quantized.
+bool keep_in_blocks(const std::string& hf_name, const GgufTensorInfo& info) {
+  return keeps_quantized(info.ggml_type) && info.shape.size() == 2 && hf_name.rfind("model.layers.", 0) == 0 &&
+         ends_with(hf_name, "_proj.weight");
+}
+
+Checkpoint read_gguf_checkpoint(const std::string& path, bool keep_quantized) {
   GgufFile g = read_gguf(path);
   const std::string arch = g.get_string("general.architecture");
   if (arch != "llama") throw FormatError(path, "architecture '" + arch + "' is not supported (only llama)");
@@ -247,6 +263,26 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
   for (const auto& info : g.infos) {
     std::string name = internal::gguf_to_hf_name(info.name, path);
     at::Tensor t;
+    const bool head = name == "lm_head.weight" || name == "model.embed_tokens.weight";
+    if (keep_quantized && (keep_in_blocks(name, info) || (head && keeps_quantized(info.ggml_type) && info.shape.size() == 2))) {
+      QuantizedMatrix m;
+      m.type = info.ggml_type;
+      m.rows = info.shape[0];
+      m.cols = info.shape[1];
+      if (m.cols % 32 != 0 || uint64_t(m.rows * m.row_bytes()) != info.nbytes)
+        throw FormatError(path, "tensor '" + info.name + "': " + std::to_string(info.nbytes) + " bytes do not hold " +
+                                    std::to_string(m.rows) + " rows of " + std::to_string(m.cols) + " " + m.type_name() +
+                                    " values");
+      m.data = at::empty({m.rows, m.row_bytes()}, at::kByte);
+      std::memcpy(m.data.data_ptr<uint8_t>(), g.tensor_data(info), info.nbytes);
+      quantized = true;
+      if (!head) {
+        if (!ck.quantized.emplace(name, std::move(m)).second) throw FormatError(path, "duplicate tensor '" + info.name + "'");
+        continue;
+      }
+      // The head's blocks: the file's output.weight, else (tied) its embedding; the dense copy follows.
+      if (name == "lm_head.weight" || !ck.quantized.count("lm_head.weight")) ck.quantized.insert_or_assign("lm_head.weight", std::move(m));
+    }
     if (ggml_type_dequantizable(info.ggml_type)) {
       // Quantized: dequantized to fp32 here; load_model casts to the dtype asked for.
       t = at::empty(info.shape, at::kFloat);
@@ -301,7 +337,7 @@ Checkpoint read_gguf_checkpoint(const std::string& path) {
 }  // namespace
 
 // ---------------------------------------------------------------- public
-Checkpoint read_checkpoint(const std::string& given) {
+Checkpoint read_checkpoint(const std::string& given, bool keep_quantized) {
   const std::string path = resolve_model_path(given);  // a hub cache folder or repo id -> its snapshot
   if (is_dir(path)) return read_hf_dir(path);
   if (!is_file(path)) throw FormatError(path, "no such file or directory");
@@ -310,7 +346,7 @@ Checkpoint read_checkpoint(const std::string& given) {
     auto f = MappedFile::open(path);
     if (f->size() >= 4) std::memcpy(magic, f->data(), 4);
   }
-  if (std::memcmp(magic, "GGUF", 4) == 0) return read_gguf_checkpoint(path);
+  if (std::memcmp(magic, "GGUF", 4) == 0) return read_gguf_checkpoint(path, keep_quantized);
   if (ends_with(path, ".safetensors")) {
     // A lone safetensors file: its config.json must sit beside it.
     return read_hf_dir(parent_dir(path));
@@ -330,8 +366,11 @@ at::ScalarType resolve_dtype(const LlamaConfig& config, const LoadOptions& optio
 void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
   at::NoGradGuard no_grad;
   auto params = model.named_parameters(/*recurse=*/true);
+  const std::vector<std::string> q = model.quantized_weights();
+  const std::set<std::string> kept(q.begin(), q.end());
   std::set<std::string> used;
   for (auto& p : params) {
+    if (kept.count(p.key())) continue;  // in ggml blocks already (load_model)
     auto it = tensors.find(p.key());
     if (it == tensors.end()) throw FormatError(source, "missing tensor '" + p.key() + "'");
     const at::Tensor& src = it->second;
@@ -358,6 +397,8 @@ LlamaForCausalLM load_model(const Checkpoint& ck, const LoadOptions& options) {
   // allocating them; a near miss is built and compared tensor by tensor (load_weights names it).
   int64_t held = 0;
   for (const auto& [name, t] : ck.tensors) held += t.numel();
+  for (const auto& [name, m] : ck.quantized)
+    if (name != "lm_head.weight") held += m.rows * m.cols;  // the head's blocks copy a dense tensor
   const int64_t promised = ck.config.num_parameters();
   if (promised > 2 * held + (int64_t(1) << 20))
     throw FormatError(ck.path, "the config implies " + std::to_string(promised) + " parameters but the checkpoint holds " +
@@ -366,12 +407,41 @@ LlamaForCausalLM load_model(const Checkpoint& ck, const LoadOptions& options) {
   mo.dtype = resolve_dtype(ck.config, options);
   mo.device = options.device;
   LlamaForCausalLM model(ck.config, mo);
+  if (!ck.quantized.empty()) {
+    if (!options.device.is_cpu())
+      throw InvalidArgument(ck.path + ": quantized weights run on the CPU only (load without keep_quantized for " +
+                            options.device.str() + ")");
+    // The kept matrices replace their projections' dense weights before the rest loads.
+    std::map<std::string, Linear> linears;
+    for (auto& m : model->named_modules("", /*include_self=*/false))
+      if (auto l = std::dynamic_pointer_cast<LinearImpl>(m.value())) linears.emplace(m.key() + ".weight", Linear(l));
+    for (const auto& [name, q] : ck.quantized) {
+      if (name == "lm_head.weight") {
+        // The head's blocks, while they hold the whole vocabulary (marking tokens grow it).
+        const LlamaConfig& c = ck.config;
+        if (q.rows != c.vocab_size || q.cols != c.hidden_size) continue;
+        if (c.tie_word_embeddings)
+          model->model->embed_tokens->head_quantized = std::make_shared<const QuantizedMatrix>(q);
+        else
+          model->lm_head->keep_quantized(q);
+        continue;
+      }
+      auto it = linears.find(name);
+      if (it == linears.end()) throw FormatError(ck.path, "unexpected tensor '" + name + "' (not part of a Llama model with this config)");
+      LinearImpl& l = *it->second;
+      if (q.rows != l.out_features || q.cols != l.in_features)
+        throw FormatError(ck.path, "tensor '" + name + "' has shape [" + std::to_string(q.rows) + ", " +
+                                       std::to_string(q.cols) + "] but the config needs [" + std::to_string(l.out_features) +
+                                       ", " + std::to_string(l.in_features) + "]");
+      l.keep_quantized(q);
+    }
+  }
   load_weights(*model, ck.tensors, ck.path);
   return model;
 }
 
 LlamaForCausalLM load_model(const std::string& path, const LoadOptions& options) {
-  return load_model(read_checkpoint(path), options);
+  return load_model(read_checkpoint(path, options.keep_quantized), options);
 }
 
 std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
@@ -381,6 +451,9 @@ std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
 }
 
 std::map<std::string, at::Tensor> model_tensors(LlamaForCausalLMImpl& model) {
+  if (model.keeps_quantized())
+    throw InvalidArgument("the model keeps quantized weights (keep_quantized): load it without them to save, "
+                          "convert or merge");
   std::map<std::string, at::Tensor> out;
   for (auto& p : model.named_parameters(true)) out.emplace(p.key(), p.value());
   return out;

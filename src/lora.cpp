@@ -67,6 +67,9 @@ at::Tensor LoraAdapter::delta_weight() const {
 
 void LoraAdapter::merge() {
   if (merged) return;
+  if (base_->quantized)
+    throw InvalidArgument("cannot merge an adapter into " + base_->quantized->type_name() +
+                          " weights kept quantized: keep it unmerged, or load the model without keep_quantized");
   at::NoGradGuard no_grad;
   base_->weight.add_(delta_weight());
   merged = true;

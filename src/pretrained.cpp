@@ -15,7 +15,7 @@ MarksPolicy parse_marks_policy(const std::string& name) {
 }
 
 Pretrained load_pretrained(const std::string& path, const PretrainedOptions& o) {
-  Checkpoint ck = read_checkpoint(path);
+  Checkpoint ck = read_checkpoint(path, o.keep_quantized);
   Pretrained r;
   try {
     r.tokenizer = load_tokenizer(ck, o.tokenizer);
@@ -35,10 +35,11 @@ Pretrained load_pretrained(const std::string& path, const PretrainedOptions& o) 
   LoadOptions lo;
   lo.dtype = o.dtype;
   lo.device = o.device;
+  lo.keep_quantized = o.keep_quantized;
   r.model = load_model(ck, lo);
   ck.tensors.clear();  // release the mapped file
   if (!r.adapter.empty()) {
-    load_adapter(*r.model, r.adapter, o.merge_adapter);
+    load_adapter(*r.model, r.adapter, o.merge_adapter && !r.model->keeps_quantized());  // blocks take no merge
     r.model->eval();
   }
   return r;

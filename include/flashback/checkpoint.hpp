@@ -17,6 +17,7 @@
 
 #include "flashback/config.hpp"
 #include "flashback/llama.hpp"
+#include "flashback/quantized.hpp"
 #include "flashback/tokenizer.hpp"
 
 namespace flashback {
@@ -26,16 +27,25 @@ struct Checkpoint {
   std::string format;  // "hf", "llama2c", "gguf"
   LlamaConfig config;
   std::map<std::string, at::Tensor> tensors;  // HF names, CPU, the file's dtype (may alias the mapped file)
+  // keep_quantized: the layers' projections in their GGUF blocks instead of in `tensors`; and
+  // "lm_head.weight", the head's blocks (the embedding's when tied) beside its dense copy in `tensors`
+  // (marking tokens may grow the vocabulary: load_model uses the blocks only while they match it).
+  std::map<std::string, QuantizedMatrix> quantized;
   std::optional<Tokenizer> tokenizer;         // a tokenizer embedded in the file (GGUF)
 };
 
 // Detects the format from the path (directory, or the file's magic bytes).
 // Everything is validated; problems throw FormatError naming the file.
-Checkpoint read_checkpoint(const std::string& path);
+// keep_quantized: a GGUF's Q8_0, Q4_0 and Q4_1 layer projections go to
+// `quantized` as they are stored (the rest is dequantized as always).
+Checkpoint read_checkpoint(const std::string& path, bool keep_quantized = false);
 
 struct LoadOptions {
   std::optional<at::ScalarType> dtype;  // unset: the checkpoint's, float16 -> float32 where unsupported
   at::Device device = at::kCPU;
+  // The decoder layers' Q8_0/Q4_0/Q4_1 projections of a GGUF stay in their
+  // blocks (quantized.hpp): inference on the CPU, adapters unmerged.
+  bool keep_quantized = false;
 };
 
 // The compute dtype `options` resolves to for a checkpoint of `config`.
@@ -48,6 +58,7 @@ LlamaForCausalLM load_model(const std::string& path, const LoadOptions& options 
 void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::Tensor>& tensors, const std::string& source);
 
 // The model's weights by HF name (the parameters themselves, not copies).
+// InvalidArgument for a model that keeps quantized weights (no dense copy to give).
 std::map<std::string, at::Tensor> model_tensors(LlamaForCausalLMImpl& model);
 
 // All tensors of one safetensors file (CPU, the file's dtypes; they may alias

@@ -10,9 +10,12 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "flashback/ops.hpp"
+#include "flashback/quantized.hpp"
 
 namespace flashback {
 
@@ -36,15 +39,44 @@ class LinearImpl : public torch::nn::Module {
 
   // x: [..., in] -> [..., out]
   at::Tensor forward(const at::Tensor& x, const Ops& ops) const {
-    at::Tensor y = ops.linear(x, weight);                // [..., out]
+    return adapted(x, quantized ? ops.quantized_linear(x, *quantized) : ops.linear(x, weight), ops);  // [..., out]
+  }
+
+  // y = x W^T -> what the projection outputs: y plus the adapter's part.
+  at::Tensor adapted(const at::Tensor& x, const at::Tensor& y, const Ops& ops) const {
     return adapter ? adapter->forward(*this, x, y, ops) : y;  // [..., out]
+  }
+
+  // Keeps W as ggml blocks (rows x cols must be out x in): `weight` shrinks
+  // to [out, 0], so the projection holds no dense copy.
+  void keep_quantized(QuantizedMatrix m) {
+    quantized = std::make_shared<const QuantizedMatrix>(std::move(m));
+    weight.set_data(at::empty({out_features, 0}, weight.options()));
   }
 
   int64_t in_features;
   int64_t out_features;
-  at::Tensor weight;                           // [out, in]
+  at::Tensor weight;                           // [out, in] ([out, 0] when quantized)
+  std::shared_ptr<const QuantizedMatrix> quantized;  // null: W is `weight`
   std::shared_ptr<ProjectionAdapter> adapter;  // null: the plain projection
 };
 TORCH_MODULE(Linear);
+
+// Several projections of one input (q, k, v; gate, up), each as its forward()
+// gives it. With every weight kept quantized they share one kernel call (x
+// quantized once, one parallel region: at one token per step the threads'
+// meetings cost as much as small products).
+inline std::vector<at::Tensor> project(const at::Tensor& x, const std::vector<const LinearImpl*>& ls, const Ops& ops) {
+  std::vector<at::Tensor> ys;
+  std::vector<const QuantizedMatrix*> ws;
+  for (const LinearImpl* l : ls) ws.push_back(l->quantized.get());
+  if (std::find(ws.begin(), ws.end(), nullptr) != ws.end()) {
+    for (const LinearImpl* l : ls) ys.push_back(l->forward(x, ops));
+    return ys;
+  }
+  ys = ops.quantized_linear(x, ws);
+  for (size_t i = 0; i < ls.size(); ++i) ys[i] = ls[i]->adapted(x, ys[i], ops);
+  return ys;
+}
 
 }  // namespace flashback

@@ -32,7 +32,8 @@ struct PretrainedOptions {
   // (shipped_adapters.hpp), if there is one. false: none.
   bool default_adapter = true;
   std::vector<std::string> adapter_dirs;  // a front end's own places for shipped adapters
-  bool merge_adapter = true;            // fold it into the weights
+  bool merge_adapter = true;            // fold it into the weights (never into weights kept quantized)
+  bool keep_quantized = false;          // a GGUF's Q8_0/Q4_0/Q4_1 projections stay in blocks (checkpoint.hpp)
 };
 
 struct Pretrained {

@@ -80,3 +80,36 @@ def test_bad_tensor_types_are_one_clear_line_from_the_cli(tmp_path):
     # span overlaps the next tensor or runs past the end
     bad = _retyped(tmp_path, "token_embd.weight", T.I64)
     fails("info", "--model", bad, contains=(str(bad), "token_embd.weight"))
+
+
+def test_keep_quantized_smollm2_runs_its_q4_1_blocks_as_the_dequantized_model():
+    """SmolLM2's Q4_1 projections kept in their blocks: prefills (many rows: the dequantized matrix through a
+    GEMM) equal the dequantized model's; decode steps (the integer-dot kernel, 8-bit activations as llama.cpp
+    has them) stay within a few percent of its logits and pick the same tokens."""
+    from fbtest import SMOL
+    if not SMOL.exists():
+        pytest.skip(f"SmolLM2 is not at {SMOL}: scripts/setup.sh fetches it")
+    dense = flashback.LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="none")
+    kept = flashback.LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="none", keep_quantized=True)
+    ids = torch.tensor([dense.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
+    with torch.inference_mode():
+        a, b = dense._core.forward(ids), kept._core.forward(ids)
+        assert (a - b).abs().max().item() < 1e-3
+        ca, cb = dense._core.make_cache(1, 64), kept._core.make_cache(1, 64)
+        dense._core.forward_cached(ids, ca)
+        kept._core.forward_cached(ids, cb)
+        scale, worst, same, gaps = 0.0, 0.0, 0, []
+        for t in range(12):
+            tok = torch.tensor([[int(a[0, -1].argmax()) if t == 0 else int(la[0, -1].argmax())]])
+            la, lb = dense._core.forward_cached(tok, ca), kept._core.forward_cached(tok, cb)
+            scale = max(scale, la.abs().max().item())
+            worst = max(worst, (la - lb).abs().max().item())
+            ta, tb = int(la[0, -1].argmax()), int(lb[0, -1].argmax())
+            same += ta == tb
+            gaps.append(float(la[0, -1, ta] - la[0, -1, tb]))  # how much worse the kept model's pick is, densely
+    assert worst < 0.05 * scale, (worst, scale)
+    # The same tokens but for near ties (8-bit activations move logits by ~1%).
+    assert same >= 10 and max(gaps) < 0.02 * scale, (same, gaps, scale)
+    # Blocks hold no dense copy to save or merge into: one clear error.
+    with pytest.raises(Exception, match="quantized"):
+        kept.save_gguf("/nonexistent/never-written.gguf")

@@ -1,0 +1,171 @@
+// Quantized projections for a few rows (see flashback/kernels.hpp): the
+// weight's blocks are read as stored and multiplied with 8-bit activations
+// by integer dot products, as llama.cpp's vec_dot kernels do.
+//
+// Each activation row is quantized once per call in blocks of 32: scale
+// d = max |x| / 127, q = round(x / d), and d sum(q) for Q4_1's minimum term
+// (llama.cpp's Q8_1 activations). A block product is then
+//   Q8_0  d_w d_x sum(q_w q_x)
+//   Q4_0  d_w d_x sum((q_w - 8) q_x)
+//   Q4_1  d_w d_x sum(q_w q_x) + m_w d_x sum(q_x)
+// with the integer sums from _mm256_maddubs_epi16 (unsigned x signed bytes;
+// signed weights go through the sign trick) and _mm256_madd_epi16.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "flashback/kernels.hpp"
+#include "flashback/quantized.hpp"
+#include "kernels_avx2.hpp"
+
+namespace flashback::kernels {
+
+namespace {
+
+struct Q8Block {
+  float d;     // scale
+  float sum;   // d * sum(q): the block's sum as quantized (llama.cpp's Q8_1 s)
+  int8_t q[32];
+};
+
+bool cpu_has_f16c() {
+#ifdef FLASHBACK_X86_KERNELS
+  static const bool ok = __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w) {
+  return cpu_has_avx2_fma() && cpu_has_f16c() && keeps_quantized(w.type) && w.cols % 32 == 0 && x.defined() &&
+         x.is_cpu() && x.dim() >= 1 && x.size(-1) == w.cols && x.numel() > 0 && x.numel() / w.cols <= kMaxKernelRows &&
+         detail::dtype_ok(x) && detail::no_grad_needed({&x});
+}
+
+#ifdef FLASHBACK_X86_KERNELS
+namespace {
+#define FB_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+FB_AVX2_F16C inline float fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Sum of the products of 32 signed bytes, as 8 fp32 lanes.
+FB_AVX2 inline __m256 dot_s8(__m256i w, __m256i x) {
+  const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+// Sum of the products of 32 unsigned (w) and signed (x) bytes, as 8 fp32 lanes.
+FB_AVX2 inline __m256 dot_u8s8(__m256i w, __m256i x) {
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+}
+
+// 16 bytes of nibbles -> 32 bytes 0..15 in ggml's order: element j < 16 is
+// byte j's low nibble, element j + 16 its high nibble.
+FB_AVX2 inline __m256i nibbles(const uint8_t* qs) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+FB_AVX2 void quantize_row(const float* x, int64_t K, Q8Block* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < K / 32; ++b) {
+    const float* v = x + 32 * b;
+    __m256 a[4], mx = _mm256_setzero_ps();
+    for (int u = 0; u < 4; ++u) {
+      a[u] = _mm256_loadu_ps(v + 8 * u);
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
+    }
+    const float amax = detail::hmax(mx), d = amax / 127.0f;
+    const __m256 inv = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    __m256i q32[4];
+    __m256 s = _mm256_setzero_ps();
+    for (int u = 0; u < 4; ++u) {
+      const __m256 r = _mm256_round_ps(_mm256_mul_ps(a[u], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q32[u] = _mm256_cvtps_epi32(r);
+      s = _mm256_add_ps(s, r);
+    }
+    // 4 x 8 int32 -> 32 int8, restoring the order the packs interleave.
+    const __m256i p16a = _mm256_packs_epi32(q32[0], q32[1]), p16b = _mm256_packs_epi32(q32[2], q32[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q), p8);
+    out[b].d = d;
+    out[b].sum = d * detail::hsum(s);
+  }
+}
+
+// One weight row (nb blocks of `type`) against one quantized activation row.
+FB_AVX2_F16C float dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, int64_t nb) {
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0;
+  if (type == 8) {  // Q8_0
+    for (int64_t b = 0; b < nb; ++b, row += 34) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2));
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x[b].d), dot_s8(w, xq), acc);
+    }
+  } else if (type == 2) {  // Q4_0
+    for (int64_t b = 0; b < nb; ++b, row += 18) {
+      const __m256i w = _mm256_sub_epi8(nibbles(row + 2), _mm256_set1_epi8(8));
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x[b].d), dot_s8(w, xq), acc);
+    }
+  } else {  // Q4_1
+    for (int64_t b = 0; b < nb; ++b, row += 20) {
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x[b].d), dot_u8s8(nibbles(row + 4), xq), acc);
+      mins += fp16(row + 2) * x[b].sum;
+    }
+  }
+  return detail::hsum(acc) + mins;
+}
+
+}  // namespace
+#endif  // FLASHBACK_X86_KERNELS
+
+std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<const QuantizedMatrix*>& ws) {
+  for (const QuantizedMatrix* w : ws)
+    TORCH_CHECK(quantized_linear_usable(x, *w), "flashback::kernels::quantized_linear: unsupported inputs");
+  const int64_t K = x.size(-1), M = x.numel() / K, nb = K / 32;
+  at::Tensor xf = x.to(at::kFloat).contiguous();  // [M, K]
+  std::vector<at::Tensor> ys;
+  std::vector<int64_t> first = {0};  // the matrices' rows, one after another
+  for (const QuantizedMatrix* w : ws) {
+    ys.push_back(at::empty({M, w->rows}, at::kFloat));  // [M, N_i]
+    first.push_back(first.back() + w->rows);
+  }
+#ifdef FLASHBACK_X86_KERNELS
+  std::vector<Q8Block> xq(static_cast<size_t>(M * nb));
+  for (int64_t m = 0; m < M; ++m) quantize_row(xf.data_ptr<float>() + m * K, K, xq.data() + m * nb);
+  // One parallel region for all the matrices: x is quantized once and the threads meet once.
+  at::parallel_for(0, first.back(), 64, [&](int64_t r0, int64_t r1) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t lo = std::max(r0, first[i]), hi = std::min(r1, first[i + 1]), N = ws[i]->rows, rb = ws[i]->row_bytes();
+      const uint8_t* W = ws[i]->data.data_ptr<uint8_t>();
+      float* Y = ys[i].data_ptr<float>();
+      for (int64_t n = lo - first[i]; n < hi - first[i]; ++n)
+        for (int64_t m = 0; m < M; ++m) Y[m * N + n] = dot_row(ws[i]->type, W + n * rb, xq.data() + m * nb, nb);
+    }
+  });
+#endif
+  for (size_t i = 0; i < ws.size(); ++i) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = ws[i]->rows;
+    ys[i] = ys[i].view(shape).to(x.scalar_type());  // [..., N_i]
+  }
+  return ys;
+}
+
+at::Tensor quantized_linear(const at::Tensor& x, const QuantizedMatrix& w) { return quantized_linear(x, {&w}).front(); }
+
+}  // namespace flashback::kernels
