@@ -15,23 +15,12 @@
 #include <cmath>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FLASHBACK_X86_KERNELS 1
-#include <immintrin.h>
-#endif
+#include "kernels_avx2.hpp"
 
 namespace flashback::kernels {
 
-namespace {
-bool dtype_ok(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
-
-bool no_grad_needed(std::initializer_list<const at::Tensor*> ts) {
-  if (!at::GradMode::is_enabled()) return true;
-  for (const at::Tensor* t : ts)
-    if (t->requires_grad()) return false;
-  return true;
-}
-}  // namespace
+using detail::dtype_ok;
+using detail::no_grad_needed;
 
 bool cpu_has_avx2_fma() {
 #ifdef FLASHBACK_X86_KERNELS
@@ -45,83 +34,69 @@ bool cpu_has_avx2_fma() {
 #ifdef FLASHBACK_X86_KERNELS
 namespace {
 
-#define FB_AVX2 __attribute__((target("avx2,fma")))
+using detail::hsum;
+using detail::load8;
+using detail::to_f32;
 
-FB_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-FB_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  // 8 x bf16 -> 8 x fp32: zero-extend to 32 bits, shift into the high half.
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+// The dots of one weight row w with R rows of x: y[r] = scale * sum_k w[k] x[r][k]. Each pair (weight row,
+// x row) is summed in one fixed order, four accumulators over k, whatever R is and whichever other rows
+// share the call: a row's result never depends on its neighbours (streams that share a forward equal
+// their solo runs bit for bit). The R rows share each load of w.
+template <class WT, int R>
+FB_AVX2 inline void dot_tile(const WT* w, const float* const* x, int64_t K, float scale, float* const* y) {
+  __m256 a[R][4];
+  for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    // Software prefetch 1 KiB ahead (one line per 64 bytes read): ~10%
+    // more bandwidth than the hardware prefetcher alone, measured here.
+    _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024, _MM_HINT_T0);
+    if (sizeof(WT) == 4) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024 + 64, _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j) {
+      const __m256 wv = load8(w + k + 8 * j);
+      for (int r = 0; r < R; ++r) a[r][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + k + 8 * j), a[r][j]);
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    const __m256 wv = load8(w + k);
+    for (int r = 0; r < R; ++r) a[r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + k), a[r][0]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3])));
+    for (int64_t t = k; t < K; ++t) s = std::fma(to_f32(w[t]), x[r][t], s);
+    *y[r] = scale * s;
+  }
 }
-inline float to_f32(float v) { return v; }
-inline float to_f32(c10::BFloat16 v) { return static_cast<float>(v); }
 
-FB_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// y[n] = scale * sum_k W[n * ldw + k] x[k] for n in [n0, n1). One row at a
-// time with four accumulators over k, so a thread reads its rows as one
-// sequential stream (interleaving several rows measured ~2x slower in bf16:
-// the hardware prefetcher follows one stream best).
+// Y[m * ldy + n] = scale * sum_k W[n * ldw + k] X[m * ldx + k] for n in [n0, n1), m < M. Weight row by
+// weight row, so a thread reads its rows as one sequential stream (interleaving several weight rows
+// measured ~2x slower in bf16: the hardware prefetcher follows one stream best); the x rows go by
+// pairs, the row in L1 for every pair after the first.
 template <class WT>
-FB_AVX2 void dot_rows(const WT* W, int64_t ldw, const float* x, int64_t K, float scale, float* y, int64_t n0,
-                      int64_t n1) {
+FB_AVX2 void dot_rows(const WT* W, int64_t ldw, const float* X, int64_t ldx, int64_t M, int64_t K, float scale,
+                      float* Y, int64_t ldy, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const WT* w = W + n * ldw;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-      // Software prefetch 1 KiB ahead (one line per 64 bytes read): ~10%
-      // more bandwidth than the hardware prefetcher alone, measured here.
-      _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024, _MM_HINT_T0);
-      if (sizeof(WT) == 4) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024 + 64, _MM_HINT_T0);
-      a0 = _mm256_fmadd_ps(load8(w + k), _mm256_loadu_ps(x + k), a0);
-      a1 = _mm256_fmadd_ps(load8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-      a2 = _mm256_fmadd_ps(load8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-      a3 = _mm256_fmadd_ps(load8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+      const float* x[2] = {X + m * ldx, X + (m + 1) * ldx};
+      float* y[2] = {Y + m * ldy + n, Y + (m + 1) * ldy + n};
+      dot_tile<WT, 2>(w, x, K, scale, y);
     }
-    for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(load8(w + k), _mm256_loadu_ps(x + k), a0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; k < K; ++k) s += to_f32(w[k]) * x[k];
-    y[n] = scale * s;
-  }
-}
-
-// out[d] = sum_s p[s] V[s * ldv + d], d < D (D a multiple of 8), 64 columns
-// (8 registers) at a time.
-template <class VT>
-FB_AVX2 void weighted_rows(const VT* V, int64_t ldv, const float* p, int64_t S, int64_t D, float* out) {
-  for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    const int64_t nv = std::min<int64_t>(8, (D - d0) / 8);
-    __m256 acc[8];
-    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
-    if (nv == 8) {
-      for (int64_t s = 0; s < S; ++s) {
-        const __m256 ps = _mm256_set1_ps(p[s]);
-        const VT* row = V + s * ldv + d0;
-        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(load8(row + 8 * j), ps, acc[j]);
-      }
-    } else {
-      for (int64_t s = 0; s < S; ++s) {
-        const __m256 ps = _mm256_set1_ps(p[s]);
-        const VT* row = V + s * ldv + d0;
-        for (int64_t j = 0; j < nv; ++j) acc[j] = _mm256_fmadd_ps(load8(row + 8 * j), ps, acc[j]);
-      }
+    if (m < M) {
+      const float* x[1] = {X + m * ldx};
+      float* y[1] = {Y + m * ldy + n};
+      dot_tile<WT, 1>(w, x, K, scale, y);
     }
-    for (int64_t j = 0; j < nv; ++j) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
   }
 }
 
 template <class WT>
-void gemv_impl(const at::Tensor& w, const float* x, float* y) {
+void gemv_impl(const at::Tensor& w, const float* x, int64_t M, float* y) {
   const int64_t N = w.size(0), K = w.size(1), ldw = w.stride(0);
   const WT* W = w.data_ptr<WT>();
-  // One contiguous block of rows per thread (at least 64 rows each).
-  at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { dot_rows(W, ldw, x, K, 1.0f, y, b, e); });
+  // One contiguous block of weight rows per thread (at least 64 rows each).
+  at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { dot_rows(W, ldw, x, K, M, K, 1.0f, y, N, b, e); });
 }
 
 template <class KT>
@@ -135,7 +110,7 @@ void attention_impl(const float* q, const at::Tensor& k, const at::Tensor& v, in
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, g = (i % H) / G;
-      dot_rows(K + b * k.stride(0) + g * k.stride(1), k.stride(2), q + i * D, D, scale, scores + i * S, 0, S);
+      dot_rows(K + b * k.stride(0) + g * k.stride(1), k.stride(2), q + i * D, D, 1, D, scale, scores + i * S, S, 0, S);
     }
   });
   // probs = softmax over s (LibTorch's vectorized kernel, in place)
@@ -146,7 +121,7 @@ void attention_impl(const float* q, const at::Tensor& k, const at::Tensor& v, in
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, g = (i % H) / G;
-      weighted_rows(V + b * v.stride(0) + g * v.stride(1), v.stride(2), P + i * S, S, D, out + i * D);
+      detail::weighted_rows(V + b * v.stride(0) + g * v.stride(1), v.stride(2), P + i * S, S, D, out + i * D, false);
     }
   });
 }
@@ -156,8 +131,8 @@ void attention_impl(const float* q, const at::Tensor& k, const at::Tensor& v, in
 
 bool gemv_usable(const at::Tensor& w, const at::Tensor& x) {
   return cpu_has_avx2_fma() && w.defined() && x.defined() && w.is_cpu() && x.is_cpu() && w.dim() == 2 && w.stride(1) == 1 &&
-         x.dim() >= 1 && x.numel() == x.size(-1) && x.size(-1) == w.size(1) && dtype_ok(w) && dtype_ok(x) &&
-         no_grad_needed({&w, &x});
+         x.dim() >= 1 && x.size(-1) == w.size(1) && x.size(-1) > 0 && x.numel() > 0 &&
+         x.numel() / x.size(-1) <= kMaxKernelRows && dtype_ok(w) && dtype_ok(x) && no_grad_needed({&w, &x});
 }
 
 namespace {
@@ -192,16 +167,17 @@ at::Tensor gemv(const at::Tensor& w, const at::Tensor& x) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = w.size(0);
   std::vector<float> xbuf, ybuf;
-  const float* xf = as_f32(x, xbuf);                                  // [K]
+  const int64_t M = x.numel() / x.size(-1);
+  const float* xf = as_f32(x, xbuf);                                  // [M, K]
   at::Tensor y = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));  // [..., N]
   // fp32 output is written in place; bf16 goes through an fp32 buffer.
-  if (y.scalar_type() != at::kFloat) ybuf.resize(static_cast<size_t>(w.size(0)));
-  float* yf = y.scalar_type() == at::kFloat ? y.data_ptr<float>() : ybuf.data();
+  if (y.scalar_type() != at::kFloat) ybuf.resize(static_cast<size_t>(M * w.size(0)));
+  float* yf = y.scalar_type() == at::kFloat ? y.data_ptr<float>() : ybuf.data();  // [M, N]
 #ifdef FLASHBACK_X86_KERNELS
   if (w.scalar_type() == at::kFloat)
-    gemv_impl<float>(w, xf, yf);
+    gemv_impl<float>(w, xf, M, yf);
   else
-    gemv_impl<c10::BFloat16>(w, xf, yf);
+    gemv_impl<c10::BFloat16>(w, xf, M, yf);
 #endif
   if (y.scalar_type() != at::kFloat) store(yf, y);
   return y;

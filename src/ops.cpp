@@ -10,6 +10,7 @@
 
 #include "flashback/error.hpp"
 #include "flashback/kernels.hpp"
+#include "flashback/quantized.hpp"
 
 namespace flashback {
 
@@ -25,10 +26,12 @@ bool Ops::kernels_on() const { return kernels_ == Kernels::Auto; }
 
 // ---------------------------------------------------------------- linear
 at::Tensor Ops::linear(const at::Tensor& x, const at::Tensor& w) const {
-  // One row (decode) over bf16 weights: LibTorch's bf16 gemv runs at ~2% of
-  // the memory bandwidth here, the kernel near it.
-  if (kernels_on() && w.scalar_type() == at::kBFloat16 && kernels::gemv_usable(w, x)) return kernels::gemv(w, x);
-  // One fp32 row: BLAS gemv, several times faster than a 1-row GEMM.
+  // A few rows (decode, or several streams' decode rows at once): the kernel
+  // reads the weights once for all rows near the memory bandwidth (LibTorch's
+  // bf16 gemv runs at ~2% of it here), and a row's result never depends on the
+  // rows beside it.
+  if (kernels_on() && kernels::gemv_usable(w, x)) return kernels::gemv(w, x);
+  // One fp32 row without the kernel: BLAS gemv, several times faster than a 1-row GEMM.
   if (x.numel() == x.size(-1) && (x.scalar_type() == at::kFloat || !x.is_cpu())) {
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = w.size(0);
@@ -39,6 +42,23 @@ at::Tensor Ops::linear(const at::Tensor& x, const at::Tensor& w) const {
   if (x.is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16)
     return at::linear(x.to(at::kFloat), w.to(at::kFloat)).to(at::kBFloat16);  // [..., out]
   return at::linear(x, w);  // [..., out]
+}
+
+at::Tensor Ops::quantized_linear(const at::Tensor& x, const QuantizedMatrix& w) const {
+  // A few rows (decode): integer dots over the blocks as stored.
+  if (kernels_on() && kernels::quantized_linear_usable(x, w)) return kernels::quantized_linear(x, w);
+  // More rows, another CPU, autograd: the dequantized matrix through LibTorch's GEMM, in fp32.
+  return at::linear(x.to(at::kFloat), dequantize_matrix(w).to(x.device())).to(x.scalar_type());  // [..., out]
+}
+
+std::vector<at::Tensor> Ops::quantized_linear(const at::Tensor& x, const std::vector<const QuantizedMatrix*>& ws) const {
+  const bool fused = kernels_on() && std::all_of(ws.begin(), ws.end(), [&](const QuantizedMatrix* w) {
+    return kernels::quantized_linear_usable(x, *w);
+  });
+  if (fused) return kernels::quantized_linear(x, ws);
+  std::vector<at::Tensor> ys;
+  for (const QuantizedMatrix* w : ws) ys.push_back(quantized_linear(x, *w));
+  return ys;
 }
 
 // ---------------------------------------------------------------- RMSNorm
@@ -74,6 +94,9 @@ at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   // in its storage dtype.
   const bool decode = q.size(2) == 1 && start + 1 == k.size(2);
   if (kernels_on() && decode && kernels::decode_attention_usable(q, k, v)) return kernels::decode_attention(q, k, v);
+  // Several rows (prefill chunks, re-encodes): the flash-style kernel never
+  // holds a score matrix and skips the blocks the causal mask hides.
+  if (kernels_on() && kernels::causal_attention_usable(q, k, v, start)) return kernels::causal_attention(q, k, v, start);
   // LibTorch 2.x's fused attention: off the CPU always; on it, for several query rows (its flash kernel
   // measured 1.2-2.2x faster than the blocks below at T = 16..2048, fp32 and bf16: docs/performance.md);
   // one decode row keeps the kernel above.
@@ -152,9 +175,10 @@ at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, co
 
 // ---------------------------------------------------------------- SwiGLU
 at::Tensor Ops::silu_mul(const at::Tensor& gate, const at::Tensor& up) const {
-  // One row (decode): the fused gate saves two small ops; longer inputs keep
-  // LibTorch's vectorised silu.
-  if (kernels_on() && gate.numel() == gate.size(-1) && kernels::silu_mul_usable(gate, up))
+  // A few rows (decode): the fused gate saves two small ops and rounds as the
+  // same rows do in any other call of a few rows (kernels::kMaxKernelRows);
+  // longer inputs keep LibTorch's vectorised silu.
+  if (kernels_on() && gate.numel() <= kernels::kMaxKernelRows * gate.size(-1) && kernels::silu_mul_usable(gate, up))
     return kernels::silu_mul(gate, up);  // [..., F]
   return at::silu(gate) * up;           // [..., F]
 }

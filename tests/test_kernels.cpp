@@ -1,11 +1,13 @@
-// The hand-written decode kernels against LibTorch's own ops (an independent
-// path): gemv, decode attention, fused RMSNorm and RoPE, then whole decode
-// steps and long chunked prefills with the kernels on and off.
+// The hand-written kernels against LibTorch's own ops (an independent path):
+// gemv, decode and causal attention (against fp64), fused RMSNorm and RoPE,
+// then whole decode steps and long chunked prefills with the kernels on and
+// off.
 #include <c10/core/InferenceMode.h>
 
 #include "flashback/flashback.hpp"
 #include "flashback/kernels.hpp"
 #include "flashback/ops.hpp"
+#include "flashback/quantized.hpp"
 #include "flashback/torch_compat.hpp"
 #include "test_util.hpp"
 
@@ -24,7 +26,7 @@ at::Tensor ref_rotate_half(const at::Tensor& x) {
 }
 }  // namespace
 
-TEST_CASE("gemv matches at::mv for fp32 and bf16 weights, any K", "[kernels]") {
+TEST_CASE("gemv matches x W^T for fp32 and bf16 weights, any K, 1 to kMaxKernelRows rows", "[kernels]") {
   if (!kernels::cpu_has_avx2_fma()) {
     WARN("no AVX2/FMA on this CPU: LibTorch's path is used");
     return;
@@ -32,19 +34,26 @@ TEST_CASE("gemv matches at::mv for fp32 and bf16 weights, any K", "[kernels]") {
   c10::InferenceMode guard;
   for (int64_t K : {1, 7, 8, 33, 64, 768, 1001}) {
     for (int64_t N : {1, 5, 64, 130}) {
-      at::Tensor w = at::randn({N, K});
-      at::Tensor x = at::randn({1, 1, K});
-      at::Tensor want = at::mv(w.to(at::kDouble), x.reshape({-1}).to(at::kDouble)).view({1, 1, N});
-      at::Tensor got = kernels::gemv(w, x);
-      REQUIRE(got.sizes() == want.sizes());
-      CHECK(got.scalar_type() == at::kFloat);
-      CHECK(max_abs_diff(got, want) < 1e-4 * std::sqrt(double(K)));
-      // bf16 weights and activations: exact inputs, fp32 accumulation, one rounding.
-      at::Tensor wb = w.to(at::kBFloat16), xb = x.to(at::kBFloat16);
-      at::Tensor want_b = at::mv(wb.to(at::kDouble), xb.reshape({-1}).to(at::kDouble)).view({1, 1, N});
-      at::Tensor got_b = kernels::gemv(wb, xb);
-      CHECK(got_b.scalar_type() == at::kBFloat16);
-      CHECK(max_abs_diff(got_b, want_b) <= 1e-2 * (want_b.abs().max().item<double>() + 1) + 1e-4 * K);
+      for (int64_t M : {int64_t(1), int64_t(2), int64_t(3), kernels::kMaxKernelRows}) {
+        at::Tensor w = at::randn({N, K});
+        at::Tensor x = at::randn({1, M, K});
+        at::Tensor want = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());  // [1, M, N]
+        at::Tensor got = kernels::gemv(w, x);
+        REQUIRE(got.sizes() == want.sizes());
+        CHECK(got.scalar_type() == at::kFloat);
+        CHECK(max_abs_diff(got, want) < 1e-4 * std::sqrt(double(K)));
+        // bf16 weights and activations: exact inputs, fp32 accumulation, one rounding.
+        at::Tensor wb = w.to(at::kBFloat16), xb = x.to(at::kBFloat16);
+        at::Tensor want_b = at::matmul(xb.to(at::kDouble), wb.to(at::kDouble).t());
+        at::Tensor got_b = kernels::gemv(wb, xb);
+        CHECK(got_b.scalar_type() == at::kBFloat16);
+        CHECK(max_abs_diff(got_b, want_b) <= 1e-2 * (want_b.abs().max().item<double>() + 1) + 1e-4 * K);
+        // Each row alone gives the same bits as within the call (what batched streams rely on).
+        for (int64_t m = 0; m < M; ++m) {
+          CHECK(at::equal(kernels::gemv(w, x.select(1, m)), got.select(1, m)));
+          CHECK(at::equal(kernels::gemv(wb, xb.select(1, m)), got_b.select(1, m)));
+        }
+      }
     }
   }
   // A row-strided view (a slice of a wider matrix) reads the right rows.
@@ -61,9 +70,10 @@ TEST_CASE("gemv is not used where autograd needs the graph", "[kernels]") {
   {
     at::NoGradGuard ng;
     CHECK(kernels::gemv_usable(w, x) == kernels::cpu_has_avx2_fma());
+    CHECK(kernels::gemv_usable(w.detach(), at::randn({kernels::kMaxKernelRows, 8})) == kernels::cpu_has_avx2_fma());
   }
-  // Several rows, wrong sizes, other dtypes: not a gemv.
-  CHECK_FALSE(kernels::gemv_usable(at::randn({4, 8}), at::randn({2, 8})));
+  // More rows than the kernel takes, wrong sizes, other dtypes: not a gemv.
+  CHECK_FALSE(kernels::gemv_usable(at::randn({4, 8}), at::randn({kernels::kMaxKernelRows + 1, 8})));
   CHECK_FALSE(kernels::gemv_usable(at::randn({4, 8}), at::randn({7})));
   CHECK_FALSE(kernels::gemv_usable(at::randn({4, 8}).to(at::kDouble), at::randn({8})));
   CHECK_THROWS(kernels::gemv(at::randn({4, 8}), at::randn({7})));
@@ -101,6 +111,173 @@ TEST_CASE("decode attention matches softmax(q k^T / sqrt(D)) v over strided cach
   CHECK_FALSE(kernels::decode_attention_usable(q, k, k));                                  // two query rows
   CHECK_FALSE(kernels::decode_attention_usable(at::randn({1, 4, 1, 6}), at::randn({1, 2, 5, 6}), at::randn({1, 2, 5, 6})));  // D % 8
   CHECK_FALSE(kernels::decode_attention_usable(at::randn({1, 3, 1, 8}), k, k));            // H not a multiple of Hkv
+}
+
+// softmax(q k^T / sqrt(D) + causal mask) v in fp64, query slot start + t seeing key slots <= start + t.
+at::Tensor reference_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t G = q.size(1) / k.size(1), T = q.size(2), S = k.size(2);
+  at::Tensor kr = k.to(at::kDouble).repeat_interleave(G, 1), vr = v.to(at::kDouble).repeat_interleave(G, 1);
+  at::Tensor scores = at::matmul(q.to(at::kDouble), kr.transpose(-1, -2)) / std::sqrt(double(q.size(3)));  // [B, H, T, S]
+  at::Tensor hidden = at::arange(S).unsqueeze(0) > at::arange(start, start + T).unsqueeze(1);               // [T, S]
+  return at::matmul(at::softmax(scores.masked_fill(hidden, -INFINITY), -1), vr);                           // [B, H, T, D]
+}
+
+TEST_CASE("causal attention matches softmax(q k^T / sqrt(D) + mask) v in fp64 over strided cache views", "[kernels]") {
+  c10::InferenceMode guard;
+  struct Case {
+    int64_t B, H, Hkv, T, start, D;
+  };
+  // One row and many; from slot 0 and after cached slots (an append's re-encode: 146 rows after 1,500); MHA,
+  // GQA (SmolLM2's 9/3), MQA with more heads than a work item's rows; key blocks cut at every offset; D not
+  // a multiple of 64.
+  const std::vector<Case> cases = {{1, 4, 4, 1, 0, 8},     {1, 4, 2, 7, 0, 16},      {2, 6, 2, 33, 5, 64},
+                                   {1, 12, 12, 146, 1500, 64}, {1, 9, 3, 70, 0, 64}, {1, 2, 1, 130, 64, 32},
+                                   {1, 3, 1, 5, 200, 128}, {1, 80, 1, 3, 10, 8},     {2, 4, 2, 65, 63, 72},
+                                   {1, 2, 2, 1, 0, 64}};
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    for (const Case& c : cases) {
+      INFO("dtype " << dt << " B " << c.B << " H " << c.H << " Hkv " << c.Hkv << " T " << c.T << " start " << c.start
+                    << " D " << c.D);
+      at::manual_seed(c.T * 31 + c.start);
+      const int64_t S = c.start + c.T;
+      // q as the model makes it, and as a view with heads and slots swapped; k, v: a cache's first S slots.
+      at::Tensor q = at::randn({c.B, c.T, c.H, c.D}).mul(2).to(dt).transpose(1, 2);  // [B, H, T, D], strided
+      at::Tensor kbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).mul(2).to(dt), vbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).to(dt);
+      at::Tensor k = kbuf.narrow(2, 0, S), v = vbuf.narrow(2, 0, S);
+      REQUIRE(kernels::causal_attention_usable(q, k, v, c.start));
+      at::Tensor got = kernels::causal_attention(q, k, v, c.start);
+      CHECK(got.scalar_type() == dt);
+      CHECK(got.sizes() == q.sizes());
+      CHECK(got.is_contiguous());
+      // fp32: summation order only; bf16: the output's one rounding (values up to ~4, 2^-8 relative).
+      CHECK(max_abs_diff(got, reference_causal_attention(q, k, v, c.start)) < (dt == at::kFloat ? 2e-5 : 2e-2));
+    }
+  }
+  // Inputs it does not take.
+  at::Tensor q = at::randn({1, 4, 2, 8}), k = at::randn({1, 2, 5, 8});
+  CHECK(kernels::causal_attention_usable(q, k, k, 3));
+  CHECK_FALSE(kernels::causal_attention_usable(q, k, k, 2));                                  // start + T != S
+  CHECK_FALSE(kernels::causal_attention_usable(at::randn({1, 4, 2, 6}), at::randn({1, 2, 5, 6}), at::randn({1, 2, 5, 6}), 3));  // D % 8
+  CHECK_FALSE(kernels::causal_attention_usable(at::randn({1, 3, 2, 8}), k, k, 3));            // H not a multiple of Hkv
+  CHECK_FALSE(kernels::causal_attention_usable(q, k.to(at::kBFloat16), k.to(at::kBFloat16), 3));  // mixed dtypes
+  CHECK_FALSE(kernels::causal_attention_usable(q.to(at::kDouble), k.to(at::kDouble), k.to(at::kDouble), 3));
+  {
+    c10::AutoGradMode grad(true);
+    CHECK_FALSE(kernels::causal_attention_usable(q.clone().requires_grad_(), k, k, 3));  // autograd keeps LibTorch's ops
+  }
+}
+
+// ggml's block formats written by hand after ggml-quants.c's reference quantizers (row-wise, blocks of 32).
+QuantizedMatrix quantize_blocks(const at::Tensor& w, uint32_t type) {
+  const int64_t N = w.size(0), K = w.size(1), bytes = type == 8 ? 34 : type == 2 ? 18 : 20;
+  QuantizedMatrix m;
+  m.type = type;
+  m.rows = N;
+  m.cols = K;
+  m.data = at::zeros({N, K / 32 * bytes}, at::kByte);
+  at::Tensor wc = w.to(at::kFloat).contiguous();
+  auto half_bits = [](float v) { return c10::Half(v).x; };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < K / 32; ++b) {
+      const float* x = wc.data_ptr<float>() + n * K + 32 * b;
+      uint8_t* out = m.data.data_ptr<uint8_t>() + n * m.data.size(1) + b * bytes;
+      if (type == 8) {  // Q8_0: d = amax / 127, q = round(x / d)
+        float amax = 0;
+        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float d = amax / 127, id = d ? 1 / d : 0;
+        const uint16_t h = half_bits(d);
+        std::memcpy(out, &h, 2);
+        for (int i = 0; i < 32; ++i) out[2 + i] = uint8_t(int8_t(std::lround(x[i] * id)));
+      } else if (type == 2) {  // Q4_0: d = (the value of largest magnitude) / -8, q = x / d + 8.5 truncated, <= 15
+        float amax = 0, mx = 0;
+        for (int i = 0; i < 32; ++i)
+          if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), mx = x[i];
+        const float d = mx / -8, id = d ? 1 / d : 0;
+        const uint16_t h = half_bits(d);
+        std::memcpy(out, &h, 2);
+        for (int i = 0; i < 16; ++i) {
+          const int q0 = std::min(15, int(int8_t(x[i] * id + 8.5f))), q1 = std::min(15, int(int8_t(x[i + 16] * id + 8.5f)));
+          out[2 + i] = uint8_t(q0 | (q1 << 4));
+        }
+      } else {  // Q4_1: d = (max - min) / 15, m = min, q = (x - min) / d + 0.5 truncated, <= 15
+        float lo = x[0], hi = x[0];
+        for (int i = 0; i < 32; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+        const float d = (hi - lo) / 15, id = d ? 1 / d : 0;
+        const uint16_t hd = half_bits(d), hm = half_bits(lo);
+        std::memcpy(out, &hd, 2);
+        std::memcpy(out + 2, &hm, 2);
+        for (int i = 0; i < 16; ++i) {
+          const int q0 = std::min(15, int(int8_t((x[i] - lo) * id + 0.5f))), q1 = std::min(15, int(int8_t((x[i + 16] - lo) * id + 0.5f)));
+          out[4 + i] = uint8_t(q0 | (q1 << 4));
+        }
+      }
+    }
+  return m;
+}
+
+// x's rows as the kernel quantizes them: blocks of 32, d = max |x| / 127, q = round half to even.
+at::Tensor q8_rows(const at::Tensor& x) {
+  at::Tensor b = x.to(at::kDouble).reshape({-1, 32});                    // [blocks, 32]
+  at::Tensor d = b.abs().amax(-1, true).to(at::kFloat).div(127).to(at::kDouble);  // [blocks, 1]
+  at::Tensor q = at::where(d > 0, (b.to(at::kFloat) * (1 / d.to(at::kFloat))).round().to(at::kDouble), at::zeros_like(b));
+  return (q * d).reshape(x.sizes());
+}
+
+TEST_CASE("quantized projections: integer dots over Q8_0, Q4_0 and Q4_1 blocks match the dequantized matrix", "[kernels][quantized]") {
+  c10::InferenceMode guard;
+  for (uint32_t type : {8u, 2u, 3u}) {
+    for (int64_t K : {32, 96, 576}) {
+      at::manual_seed(K + type);
+      at::Tensor w = at::randn({70, K}).mul(0.05);
+      if (type == 3) w = w + 0.01;  // an offset for the minimum to carry
+      const QuantizedMatrix m = quantize_blocks(w, type);
+      REQUIRE(m.row_bytes() == m.data.size(1));
+      const at::Tensor W = dequantize_matrix(m).to(at::kDouble);  // [70, K], ggml's reader (pinned to the gguf package)
+      CHECK(max_abs_diff(W, w) < 0.05 * 0.6);                     // it is the matrix, to 4 bits
+      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+        for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
+          INFO(m.type_name() << " K " << K << " rows " << M << " dtype " << dt);
+          at::Tensor x = at::randn({1, M, K}).mul(2).to(dt);  // [1, M, K]
+          REQUIRE(kernels::quantized_linear_usable(x, m));
+          at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, 70]
+          CHECK(got.scalar_type() == dt);
+          CHECK(got.sizes() == std::vector<int64_t>{1, M, 70});
+          // Exact integer products: only fp32 scaling and summation order differ from fp64.
+          at::Tensor want = at::matmul(q8_rows(x), W.t());
+          const double scale = want.abs().max().item<double>();
+          CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
+          // And the product with x itself to the activations' 8 bits.
+          CHECK(max_abs_diff(got, at::matmul(x.to(at::kDouble), W.t())) < 0.03 * scale);
+          // Each row alone gives the same bits as within the call.
+          for (int64_t r = 0; r < M; ++r) CHECK(at::equal(kernels::quantized_linear(x.select(1, r), m), got.select(1, r)));
+        }
+      }
+      // More rows than the kernel takes: Ops runs the dequantized matrix through a GEMM.
+      at::Tensor x = at::randn({1, kernels::kMaxKernelRows + 1, K});
+      CHECK_FALSE(kernels::quantized_linear_usable(x, m));
+      CHECK(max_abs_diff(Ops(Kernels::Auto).quantized_linear(x, m), at::matmul(x.to(at::kDouble), W.t())) < 1e-4);
+      CHECK(max_abs_diff(Ops(Kernels::LibTorch).quantized_linear(x.narrow(1, 0, 1), m), at::matmul(x.narrow(1, 0, 1).to(at::kDouble), W.t())) < 1e-4);
+    }
+  }
+  {
+    // Several matrices of one input (mixed types, as q, k, v may be) in one call: each exactly as alone.
+    const QuantizedMatrix a = quantize_blocks(at::randn({70, 96}), 8), b = quantize_blocks(at::randn({33, 96}), 3),
+                          c = quantize_blocks(at::randn({129, 96}), 2);
+    at::Tensor x = at::randn({1, 2, 96});
+    const std::vector<at::Tensor> ys = kernels::quantized_linear(x, {&a, &b, &c});
+    REQUIRE(ys.size() == 3);
+    CHECK(at::equal(ys[0], kernels::quantized_linear(x, a)));
+    CHECK(at::equal(ys[1], kernels::quantized_linear(x, b)));
+    CHECK(at::equal(ys[2], kernels::quantized_linear(x, c)));
+    CHECK(ys[2].sizes() == std::vector<int64_t>{1, 2, 129});
+    const std::vector<at::Tensor> many = Ops(Kernels::Auto).quantized_linear(at::randn({1, 6, 96}), {&a, &b});  // GEMM path
+    CHECK(many[1].sizes() == std::vector<int64_t>{1, 6, 33});
+  }
+  const QuantizedMatrix m = quantize_blocks(at::randn({8, 64}), 8);
+  CHECK_FALSE(kernels::quantized_linear_usable(at::randn({64}).to(at::kDouble), m));
+  CHECK_FALSE(kernels::quantized_linear_usable(at::randn({48}), m));  // K disagrees
+  c10::AutoGradMode grad(true);
+  CHECK_FALSE(kernels::quantized_linear_usable(at::randn({64}).requires_grad_(), m));
 }
 
 TEST_CASE("fused RMSNorm, SwiGLU gate and RoPE match the reference ops", "[kernels]") {

@@ -1,14 +1,21 @@
-// Hand-written CPU kernels for the one-token decode step, where LibTorch's
-// generic paths fall short of this machine's memory bandwidth:
+// Hand-written CPU kernels where LibTorch's generic paths fall short of this
+// machine: the one-token decode step (memory bandwidth) and causal attention
+// over many query rows (the long prefills and FlashBack's re-encodes):
 //
-//   gemv              y = W x for one row: bf16 (or fp32) weights read once,
-//                     widened to fp32 in registers, fp32 accumulation (AVX2 +
-//                     FMA). LibTorch 1.13 reaches ~65-90% of the streaming
-//                     bandwidth in fp32 (BLAS sgemv) and ~2% in bf16.
+//   gemv              y = x W^T for up to kMaxKernelRows rows: bf16 or fp32
+//                     weights read once for all rows, widened to fp32 in
+//                     registers, fp32 accumulation (AVX2 + FMA), each row's
+//                     result independent of the other rows. LibTorch 1.13
+//                     reaches ~65-90% of the streaming bandwidth in fp32
+//                     (BLAS sgemv) and ~2% in bf16.
 //   decode_attention  one query row per head against the cached keys and
 //                     values (fp32 or bf16), scores and weighted sum with the
 //                     same kernels; no mask is needed (the new token sees
 //                     every cached slot).
+//   causal_attention  many query rows, flash-attention style: key blocks
+//                     stream through a 4 x 16 register tile, the softmax is
+//                     taken online (no T x S score matrix), key blocks no
+//                     query of a block can see are skipped.
 //
 // Plus fused RMSNorm, rotary embedding and SwiGLU gate, which replace ~8, ~7
 // and 2 small LibTorch ops each: at one token per step, per-op overhead is what remains
@@ -23,17 +30,29 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
+namespace flashback {
+struct QuantizedMatrix;
+}
+
 namespace flashback::kernels {
 
 // The CPU has AVX2 + FMA (checked once at run time).
 bool cpu_has_avx2_fma();
 
+// The most rows the per-row kernels (gemv, quantized_linear, Ops' SwiGLU gate) take in one call. A row's
+// result from them is the same bits whatever else shares the call, which is what lets several sequences'
+// decode rows share one forward (LlamaForCausalLMImpl::hidden_states over several sequences) and each
+// still equal its solo run; more rows go to LibTorch's GEMM.
+constexpr int64_t kMaxKernelRows = 8;
+
 // True when gemv(w, x) can run: an AVX2 + FMA CPU, w [N, K] CPU
-// float32/bfloat16 with unit stride along K, x a single row of K
-// float32/bfloat16 values, no gradient needed.
+// float32/bfloat16 with unit stride along K, x at most kMaxKernelRows rows
+// of K float32/bfloat16 values, no gradient needed.
 bool gemv_usable(const at::Tensor& w, const at::Tensor& x);
 
-// y = W x.   w: [N, K], x: [..., K] with one row -> [..., N] in x's dtype.
+// y = x W^T.   w: [N, K], x: [..., K] (at most kMaxKernelRows rows) -> [..., N] in x's dtype.
 at::Tensor gemv(const at::Tensor& w, const at::Tensor& x);
 
 // True when decode_attention(q, k, v) can run (an AVX2 + FMA CPU and the
@@ -44,6 +63,31 @@ bool decode_attention_usable(const at::Tensor& q, const at::Tensor& k, const at:
 // q: [B, H, 1, D], k, v: [B, Hkv, S, D] (unit stride along D; H a multiple of
 // Hkv) -> [B, H, 1, D] in q's dtype. softmax(q k^T / sqrt(D)) v, in fp32.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// True when causal_attention(q, k, v, start) can run: an AVX2 + FMA CPU, the
+// shapes below, q, k, v of one dtype (float32/bfloat16), unit stride along D.
+bool causal_attention_usable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
+
+// Causal attention of the queries of slots [start, start + T) over the keys
+// and values of slots [0, S), S = start + T: query slot i sees key slots
+// j <= i. q: [B, H, T, D], k, v: [B, Hkv, S, D] (any strides but along D; H a
+// multiple of Hkv; D a multiple of 8, at most 512) -> contiguous [B, H, T, D]
+// in q's dtype. softmax(q k^T / sqrt(D)) v with fp32 arithmetic throughout.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
+
+// True when quantized_linear(x, w) can run: an AVX2 + FMA + F16C CPU, x of
+// at most kMaxKernelRows rows (float32/bfloat16, no gradient), w a Q8_0, Q4_0 or Q4_1
+// matrix (quantized.hpp) with x's last size as its columns.
+bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w);
+
+// y = x W^T with W in its blocks: each row of x is quantized to 8 bits in
+// blocks of 32 (scale max |x| / 127, as llama.cpp's activations) and every
+// block product is an integer dot, scaled once. x: [..., K] -> [..., N] in
+// x's dtype.
+at::Tensor quantized_linear(const at::Tensor& x, const QuantizedMatrix& w);
+// The same for several matrices of one input (q, k, v; gate, up): x is
+// quantized once and all rows are shared out in one parallel region.
+std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<const QuantizedMatrix*>& ws);
 
 // Fused RMSNorm (inference): w * round(x / rms(x)), fp32 statistics.
 // x: [..., C], w: [C] -> [..., C] in x's dtype.

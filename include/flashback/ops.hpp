@@ -15,8 +15,11 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace flashback {
+
+struct QuantizedMatrix;
 
 enum class Kernels {
   Auto,      // hand-written kernels where they apply, LibTorch's ops elsewhere
@@ -32,6 +35,11 @@ class Ops {
 
   // y = x W^T.   x: [..., in], w: [out, in] -> [..., out]
   at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const;
+
+  // y = x W^T for a matrix kept in ggml blocks (quantized.hpp).   x: [..., in] -> [..., out] in x's dtype.
+  at::Tensor quantized_linear(const at::Tensor& x, const QuantizedMatrix& w) const;
+  // Several matrices of one input at once where the kernel applies (one pass over x, one parallel region).
+  std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<const QuantizedMatrix*>& ws) const;
 
   // w * round(x / rms(x)), statistics in fp32.   x: [..., C], w: [C] -> [..., C]
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) const;
