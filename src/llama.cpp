@@ -11,6 +11,7 @@
 #include <string>
 
 #include "flashback/error.hpp"
+#include "flashback/kernels.hpp"
 #include "flashback/strings.hpp"
 
 namespace flashback {
@@ -34,6 +35,53 @@ RotaryTables make_rotary_tables(const LlamaConfig& c, const at::Device& device) 
   return {emb.cos().to(at::kFloat).to(device), emb.sin().to(at::kFloat).to(device)};
 }
 
+// ---------------------------------------------------------------- row plans
+RowPlan RowPlan::packed(const std::vector<int64_t>& lengths, const std::vector<KVCacheStore*>& caches) {
+  RowPlan plan;
+  int64_t row = 0, open = -1;  // open: the first row of the call short sequences are filling
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const int64_t n = lengths[i];
+    plan.sequences.push_back({row, n, caches.at(i)});
+    if (n > kernels::kMaxKernelRows) {
+      if (open >= 0) plan.calls.emplace_back(open, row);
+      plan.calls.emplace_back(row, row + n);
+      open = -1;
+    } else {
+      if (open >= 0 && row + n - open > kernels::kMaxKernelRows) {
+        plan.calls.emplace_back(open, row);
+        open = -1;
+      }
+      if (open < 0) open = row;
+    }
+    row += n;
+  }
+  if (open >= 0) plan.calls.emplace_back(open, row);
+  return plan;
+}
+
+namespace {
+// f(rows) for each call of the plan, concatenated along dim 1 ([B, T, ...]).
+template <class F>
+std::vector<at::Tensor> by_calls(const at::Tensor& x, const RowPlan& plan, F f) {
+  if (plan.calls.size() == 1) return f(x);
+  std::vector<std::vector<at::Tensor>> parts;
+  for (const auto& [b, e] : plan.calls) parts.push_back(f(x.narrow(1, b, e - b)));
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < parts.front().size(); ++i) {
+    std::vector<at::Tensor> col;
+    for (const auto& p : parts) col.push_back(p[i]);
+    out.push_back(at::cat(col, 1));
+  }
+  return out;
+}
+
+// The same for an f of one output.
+template <class F>
+at::Tensor by_calls_one(const at::Tensor& x, const RowPlan& plan, F f) {
+  return by_calls(x, plan, [&](const at::Tensor& r) { return std::vector<at::Tensor>{f(r)}; })[0];
+}
+}  // namespace
+
 // ---------------------------------------------------------------- attention
 AttentionImpl::AttentionImpl(const LlamaConfig& c, const at::TensorOptions& options)
     : num_heads(c.num_attention_heads), num_kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
@@ -44,20 +92,30 @@ AttentionImpl::AttentionImpl(const LlamaConfig& c, const at::TensorOptions& opti
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                  KVCacheStore* cache, int64_t layer, const Ops& ops) const {
+                                  const RowPlan& plan, int64_t layer, const Ops& ops) const {
   const int64_t B = x.size(0), T = x.size(1);
-  at::Tensor q = q_proj->forward(x, ops).view({B, T, num_heads, head_dim}).transpose(1, 2);     // [B, H, T, D]
-  at::Tensor k = k_proj->forward(x, ops).view({B, T, num_kv_heads, head_dim}).transpose(1, 2);  // [B, Hkv, T, D]
-  at::Tensor v = v_proj->forward(x, ops).view({B, T, num_kv_heads, head_dim}).transpose(1, 2);  // [B, Hkv, T, D]
+  const std::vector<at::Tensor> qkv =
+      by_calls(x, plan, [&](const at::Tensor& r) { return project(r, {q_proj.get(), k_proj.get(), v_proj.get()}, ops); });
+  at::Tensor q = qkv[0].view({B, T, num_heads, head_dim}).transpose(1, 2);     // [B, H, T, D]
+  at::Tensor k = qkv[1].view({B, T, num_kv_heads, head_dim}).transpose(1, 2);  // [B, Hkv, T, D]
+  at::Tensor v = qkv[2].view({B, T, num_kv_heads, head_dim}).transpose(1, 2);  // [B, Hkv, T, D]
   std::tie(q, k) = ops.rotary(q, k, cos, sin);
-  int64_t start = 0;
-  if (cache) {
-    start = cache->size();
-    std::tie(k, v) = cache->write(layer, k, v);  // [B, Hkv, start + T, D] views of the cache
+  std::vector<at::Tensor> ys;
+  for (const RowPlan::Sequence& s : plan.sequences) {
+    const bool whole = plan.sequences.size() == 1;
+    at::Tensor qs = whole ? q : q.narrow(2, s.begin, s.rows).contiguous();  // [B, H, Ts, D]
+    at::Tensor ks = whole ? k : k.narrow(2, s.begin, s.rows);                // [B, Hkv, Ts, D]
+    at::Tensor vs = whole ? v : v.narrow(2, s.begin, s.rows);                // [B, Hkv, Ts, D]
+    int64_t start = 0;
+    if (s.cache) {
+      start = s.cache->size();
+      std::tie(ks, vs) = s.cache->write(layer, ks, vs);  // [B, Hkv, start + Ts, D] views of the cache
+    }
+    ys.push_back(ops.attention(qs, ks, vs, start));  // [B, H, Ts, D]
   }
-  at::Tensor y = ops.attention(q, k, v, start);                 // [B, H, T, D]
+  at::Tensor y = ys.size() == 1 ? ys[0] : at::cat(ys, 2);        // [B, H, T, D]
   y = y.transpose(1, 2).reshape({B, T, num_heads * head_dim});  // [B, T, H*D]
-  return o_proj->forward(y, ops);                                // [B, T, C]
+  return by_calls_one(y, plan, [&](const at::Tensor& r) { return o_proj->forward(r, ops); });  // [B, T, C]
 }
 
 // ---------------------------------------------------------------- MLP
@@ -68,8 +126,12 @@ MLPImpl::MLPImpl(const LlamaConfig& c, const at::TensorOptions& options) {
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x, const Ops& ops) const {
-  at::Tensor gate = gate_proj->forward(x, ops), up = up_proj->forward(x, ops);  // [B, T, F]
-  return down_proj->forward(ops.silu_mul(gate, up), ops);                       // [B, T, C]
+  const std::vector<at::Tensor> gate_up = project(x, {gate_proj.get(), up_proj.get()}, ops);  // [B, T, F] x 2
+  return down_proj->forward(ops.silu_mul(gate_up[0], gate_up[1]), ops);                      // [B, T, C]
+}
+
+at::Tensor MLPImpl::forward(const at::Tensor& x, const RowPlan& plan, const Ops& ops) const {
+  return by_calls_one(x, plan, [&](const at::Tensor& r) { return forward(r, ops); });  // [B, T, C]
 }
 
 // ---------------------------------------------------------------- block
@@ -82,9 +144,9 @@ DecoderLayerImpl::DecoderLayerImpl(const LlamaConfig& c, const at::TensorOptions
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                     KVCacheStore* cache, int64_t layer, const Ops& ops) const {
-  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x, ops), cos, sin, cache, layer, ops);  // [B, T, C]
-  return h + mlp->forward(post_attention_layernorm->forward(h, ops), ops);                              // [B, T, C]
+                                     const RowPlan& plan, int64_t layer, const Ops& ops) const {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x, ops), cos, sin, plan, layer, ops);  // [B, T, C]
+  return h + mlp->forward(post_attention_layernorm->forward(h, ops), plan, ops);                       // [B, T, C]
 }
 
 // ---------------------------------------------------------------- decoder
@@ -96,10 +158,11 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, const at::TensorOptions& op
 }
 
 at::Tensor LlamaModelImpl::forward(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin,
-                                   KVCacheStore* cache, const Ops& ops) const {
-  at::Tensor x = embed_tokens->forward(tokens);                     // [B, T, C]
-  for (int64_t l = 0; l < num_layers(); ++l) x = layer(l).forward(x, cos, sin, cache, l, ops);  // [B, T, C]
-  if (cache) cache->commit(tokens.size(1));
+                                   const RowPlan& plan, const Ops& ops) const {
+  at::Tensor x = embed_tokens->forward(tokens);                                                 // [B, T, C]
+  for (int64_t l = 0; l < num_layers(); ++l) x = layer(l).forward(x, cos, sin, plan, l, ops);  // [B, T, C]
+  for (const RowPlan::Sequence& s : plan.sequences)
+    if (s.cache) s.cache->commit(s.rows);
   return norm->forward(x, ops);  // [B, T, C]
 }
 
@@ -156,6 +219,13 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config, LlamaForCausalLMO
 
 at::Tensor LlamaForCausalLMImpl::output_weight() const {
   return config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
+}
+
+std::vector<std::string> LlamaForCausalLMImpl::quantized_weights() const {
+  std::vector<std::string> out;
+  for (const auto& m : named_modules("", /*include_self=*/false))
+    if (auto l = std::dynamic_pointer_cast<LinearImpl>(m.value()); l && l->quantized) out.push_back(m.key() + ".weight");
+  return out;
 }
 
 void LlamaForCausalLMImpl::check_inputs(const at::Tensor& tokens, const at::Tensor& positions,
@@ -224,7 +294,104 @@ at::Tensor LlamaForCausalLMImpl::hidden_states(const at::Tensor& tokens, const a
   at::Tensor cos = rope_.cos.index({pos});  // [T, D] or [B, T, D]
   at::Tensor sin = rope_.sin.index({pos});  // [T, D] or [B, T, D]
 
-  return model->forward(tokens.to(options_.device), cos, sin, cache, ops_);  // [B, T, C]
+  return model->forward(tokens.to(options_.device), cos, sin, RowPlan::one(T, cache), ops_);  // [B, T, C]
+}
+
+std::vector<at::Tensor> LlamaForCausalLMImpl::hidden_states(const std::vector<Sequence>& sequences) {
+  if (sequences.empty()) return {};
+  std::vector<at::Tensor> tokens, positions;
+  std::vector<KVCacheStore*> caches;
+  for (const Sequence& s : sequences) {
+    if (!s.cache) throw InvalidArgument("hidden_states over several sequences: each needs its own KV cache");
+    if (std::find(caches.begin(), caches.end(), s.cache) != caches.end())
+      throw InvalidArgument("hidden_states over several sequences: two of them share one KV cache");
+    at::Tensor t = s.tokens.defined() ? s.tokens.reshape({1, -1}) : s.tokens;  // [1, T]
+    check_inputs(t, s.positions, s.cache);
+    if (s.positions.defined() && s.positions.dim() != 1)
+      throw InvalidArgument("hidden_states over several sequences: positions must be [T]");
+    const int64_t T = t.size(1), start = s.cache->size();
+    tokens.push_back(t.to(options_.device));
+    positions.push_back(s.positions.defined()
+                            ? s.positions.to(rope_.cos.device())
+                            : at::arange(start, start + T, at::TensorOptions().dtype(at::kLong).device(rope_.cos.device())));
+    caches.push_back(s.cache);
+  }
+  // Longer than a prefill chunk: rounds of one chunk per sequence, each
+  // chunk attending to the cache, as hidden_states() runs a long input alone.
+  // A round's pieces go through forwards of at most a chunk's rows (a piece
+  // never split): activations stay bounded as alone, and the long pieces,
+  // whose products are compute-bound, lose nothing by running apart.
+  const int64_t chunk = options_.prefill_chunk;
+  std::vector<std::vector<at::Tensor>> outs(sequences.size());
+  struct Piece {
+    size_t seq;
+    int64_t t0, rows;
+  };
+  auto run = [&](const std::vector<Piece>& pieces) {
+    std::vector<at::Tensor> ids, pos;
+    std::vector<int64_t> lengths;
+    std::vector<KVCacheStore*> piece_caches;
+    for (const Piece& pc : pieces) {
+      ids.push_back(tokens[pc.seq].narrow(1, pc.t0, pc.rows));
+      pos.push_back(positions[pc.seq].narrow(0, pc.t0, pc.rows));
+      lengths.push_back(pc.rows);
+      piece_caches.push_back(caches[pc.seq]);
+    }
+    at::Tensor p = at::cat(pos, 0);  // [N]
+    at::Tensor h = model->forward(at::cat(ids, 1), rope_.cos.index({p}), rope_.sin.index({p}),
+                                  RowPlan::packed(lengths, piece_caches), ops_);  // [1, N, C]
+    int64_t row = 0;
+    for (const Piece& pc : pieces) {
+      outs[pc.seq].push_back(h.narrow(1, row, pc.rows));  // [1, rows, C]
+      row += pc.rows;
+    }
+  };
+  for (int64_t t0 = 0;; t0 += chunk) {
+    std::vector<Piece> batch;
+    int64_t rows = 0;
+    bool any = false;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const int64_t T = tokens[i].size(1);
+      if (t0 >= T) continue;
+      any = true;
+      const int64_t n = chunk > 0 ? std::min(chunk, T - t0) : T;
+      if (chunk > 0 && !batch.empty() && rows + n > chunk) {
+        run(batch);
+        batch.clear();
+        rows = 0;
+      }
+      batch.push_back({i, t0, n});
+      rows += n;
+    }
+    if (!batch.empty()) run(batch);
+    if (!any || chunk <= 0) break;
+  }
+  std::vector<at::Tensor> result;
+  for (auto& o : outs) result.push_back(o.size() == 1 ? o[0] : at::cat(o, 1));  // [1, T_i, C]
+  return result;
+}
+
+std::vector<at::Tensor> LlamaForCausalLMImpl::logits(const std::vector<at::Tensor>& hiddens) {
+  std::vector<int64_t> rows;
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& h : hiddens) {
+    if (!h.defined() || h.dim() < 1 || h.size(-1) != config_.hidden_size)
+      throw InvalidArgument("logits: hidden states must be [..., " + std::to_string(config_.hidden_size) + "]");
+    flat.push_back(h.reshape({-1, config_.hidden_size}));  // [n_i, C]
+    rows.push_back(flat.back().size(0));
+  }
+  const RowPlan plan = RowPlan::packed(rows, std::vector<KVCacheStore*>(rows.size(), nullptr));
+  at::Tensor all = at::cat(flat, 0);  // [N, C]
+  std::vector<at::Tensor> parts;
+  for (const auto& [b, e] : plan.calls) parts.push_back(logits(all.narrow(0, b, e - b)));  // [n, V]
+  at::Tensor out = parts.size() == 1 ? parts[0] : at::cat(parts, 0);                        // [N, V]
+  std::vector<at::Tensor> result;
+  for (size_t i = 0; i < hiddens.size(); ++i) {
+    std::vector<int64_t> shape = hiddens[i].sizes().vec();
+    shape.back() = out.size(1);
+    result.push_back(out.narrow(0, plan.sequences[i].begin, rows[i]).reshape(shape));  // [..., V]
+  }
+  return result;
 }
 
 at::Tensor LlamaForCausalLMImpl::logits(const at::Tensor& hidden) {
@@ -275,6 +442,8 @@ void LlamaForCausalLMImpl::init_random(uint64_t seed) {
 
 void LlamaForCausalLMImpl::to(at::Device device, at::ScalarType dtype, bool non_blocking) {
   check_compute(dtype, device);
+  if (!device.is_cpu() && keeps_quantized())
+    throw InvalidArgument("quantized weights run on the CPU only: load the model without keep_quantized for " + device.str());
   torch::nn::Module::to(device, dtype, non_blocking);
   options_.device = device;
   options_.dtype = dtype;
@@ -289,6 +458,8 @@ void LlamaForCausalLMImpl::to(at::ScalarType dtype, bool non_blocking) {
 
 void LlamaForCausalLMImpl::to(at::Device device, bool non_blocking) {
   check_compute(options_.dtype, device);
+  if (!device.is_cpu() && keeps_quantized())
+    throw InvalidArgument("quantized weights run on the CPU only: load the model without keep_quantized for " + device.str());
   torch::nn::Module::to(device, non_blocking);
   options_.device = device;
   rope_ = make_rotary_tables(config_, device);

@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 using namespace flashback;
+using flashback::test::greedy;
 using flashback::test::max_abs_diff;
 using flashback::test::shared;
 
@@ -91,14 +92,6 @@ std::vector<int64_t> encode(const Tokenizer& tok, const std::string& text) {
 std::unique_ptr<DocumentSource> source(Setup& s, Retriever* r, const RalmOptions& ro) {
   if (!r) return std::make_unique<NoDocuments>();
   return std::make_unique<RetrievedDocuments>(*r, s.tok, ro);
-}
-
-// Greedy, no EOS stop: every run generates exactly n tokens.
-GenerateOptions greedy(int64_t n) {
-  GenerateOptions g;
-  g.max_new_tokens = n;
-  g.stop_at_eos = false;
-  return g;
 }
 
 template <template <class> class Ctx>
@@ -311,6 +304,49 @@ TEST_CASE("after many retrievals the cache holds exactly the layout", "[context]
   }
 }
 
+// The generation loop holds the last token before a retrieval instead of
+// appending it: the retrieval must see it and encode it exactly as if it had
+// been appended (and truncated away again).
+template <template <class> class Ctx>
+void check_hold_equals_append(Setup& s) {
+  RalmOptions ro;
+  ro.stride = 8;
+  ro.doc_tokens = 12;
+  ro.max_length = 200;
+  KVCacheStore ca = make_context_cache(*s.model, ro), cb = make_context_cache(*s.model, ro);
+  Ctx<LlamaForCausalLMImpl> a(*s.model, ca, s.marks, ro), b(*s.model, cb, s.marks, ro);
+  const std::vector<int64_t> prompt = encode(s.tok, "Once upon a time, Lily went to the park.");
+  const std::vector<std::vector<int64_t>> doc1 = {{30, 31, 32, 33, 34, 35}}, doc2 = {{40, 41, 42, 43, 44}};
+  c10::InferenceMode guard;
+  a.reset(prompt);
+  b.reset(prompt);
+  CHECK_THROWS_AS(b.hold({9}), InvalidArgument);  // nothing is encoded yet
+  a.place(doc1);
+  b.place(doc1);
+  a.append({9});
+  b.append({9});
+  a.append({10});
+  b.hold({10});
+  CHECK(a.text() == b.text());
+  CHECK_THROWS_AS(b.append({11}), InvalidArgument);  // only place() may follow a hold
+  const at::Tensor la = a.place(doc2), lb = b.place(doc2);
+  CHECK(a.layout() == b.layout());
+  CHECK(a.positions() == b.positions());
+  CHECK(ca.size() == cb.size());
+  CHECK(at::equal(la, lb));
+  CHECK(a.stats().reencoded_per_place == b.stats().reencoded_per_place);
+  CHECK(a.stats().tokens_decoded == 2);
+  CHECK(b.stats().tokens_decoded == 1);
+  // Both caches go on alike.
+  CHECK(at::equal(a.append({12}), b.append({12})));
+}
+
+TEST_CASE("hold: a token held before a retrieval is encoded by place() exactly as if appended", "[context][exact]") {
+  Setup s = stories(true);
+  SECTION("append") { check_hold_equals_append<AppendingContext>(s); }
+  SECTION("prepend") { check_hold_equals_append<PrependingContext>(s); }
+}
+
 TEST_CASE("accounting: what each retrieval re-encodes", "[context][accounting]") {
   PoolRetriever pool(kPool);
   Setup s = stories(true);
@@ -326,13 +362,14 @@ TEST_CASE("accounting: what each retrieval re-encodes", "[context][accounting]")
     REQUIRE(a.stats.reencoded_per_place.size() == 4);
     CHECK(a.stats.reencoded_per_place[0] == P + doc + m);  // the first place() encodes the prompt too
     for (size_t i = 1; i < 4; ++i) CHECK(a.stats.reencoded_per_place[i] == s_ + doc + m);
-    CHECK(a.stats.tokens_decoded == 63);
+    // 63 tokens follow the first, less the 3 held for a retrieval (place() encodes them): 60 decode steps.
+    CHECK(a.stats.tokens_decoded == 60);
     CHECK(a.stats.retrievals == 4);
 
     auto p = run_generate<PrependingContext>(s, ro, &pool, prompt, 64);
     REQUIRE(p.stats.reencoded_per_place.size() == 4);
     for (size_t i = 0; i < 4; ++i) CHECK(p.stats.reencoded_per_place[i] == doc + m + P + int64_t(i) * s_);
-    CHECK(p.stats.tokens_decoded == 63);
+    CHECK(p.stats.tokens_decoded == 60);
   }
   auto n = run_generate<NoRetrievalContext>(s, ro, nullptr, prompt, 64);
   CHECK(n.stats.retrievals == 0);

@@ -14,6 +14,7 @@
 #include "flashback/documents.hpp"
 #include "flashback/evaluate.hpp"
 #include "flashback/generate.hpp"
+#include "test_util.hpp"
 
 // Last: c10 defines its own CHECK macro, Catch2's must win.
 #include <catch2/catch.hpp>
@@ -109,13 +110,6 @@ RalmOptions options(bool marks, int64_t stride = 2, int64_t max_length = 64) {
   return o;
 }
 
-GenerateOptions tokens(int64_t n) {
-  GenerateOptions g;
-  g.max_new_tokens = n;
-  g.stop_at_eos = false;
-  return g;
-}
-
 const std::vector<int64_t> kPrompt = {1, 10, 11};
 // Retrieval 1 brings one document, retrieval 2 another, then nothing.
 std::vector<std::vector<std::vector<int64_t>>> one_doc() { return {{{50, 51}}, {{60, 61, 62}}}; }
@@ -133,7 +127,7 @@ Run generate_with(ContextMode mode, RecordingModel& m, const RalmOptions& o,
   KVCacheStore cache = make_context_cache(m, o);
   auto ctx = make_context(mode, m, cache, MarkingToken(kVocab), o);
   FixedDocuments source(std::move(docs));
-  GenerateResult r = generate(*ctx, source, kPrompt, tokens(n));
+  GenerateResult r = generate(*ctx, source, kPrompt, flashback::test::greedy(n));
   CHECK(cache.size() == static_cast<int64_t>(ctx->layout().size()));
   return {r.ids, source.texts, r.stats};
 }
@@ -149,15 +143,14 @@ TEST_CASE("oracle: appending re-encodes only the recent tokens and the new block
     const std::vector<int64_t> b2 = marks ? std::vector<int64_t>{L, 60, 61, 62, R} : std::vector<int64_t>{60, 61, 62};
     const int64_t e1 = 3 + int64_t(b1.size()) - 1;  // the last position of the first layout
     const int64_t g0 = next_after(e1), g1 = next_after(e1 + 1);
-    // [BOS 10 11][block 1]; g0, g1 appended; then [BOS 10 11 g0 g1][block 2]: from the old input's end.
+    // [BOS 10 11][block 1]; g0 appended, g1 (the last before a retrieval) held, not encoded alone; then
+    // [BOS 10 11 g0 g1][block 2]: from the old input's end.
     const int64_t e2 = 5 + int64_t(b2.size()) - 1;
     const int64_t g2 = next_after(e2), g3 = next_after(e2 + 1);
     check_calls(m, {cat({from(0, {1, 10, 11}), from(3, b1)}),
                     from(e1 + 1, {g0}),
-                    from(e1 + 2, {g1}),
                     cat({from(3, {g0, g1}), from(5, b2)}),
                     from(e2 + 1, {g2}),
-                    from(e2 + 2, {g3}),
                     from(5, {g2, g3})});  // the third retrieval brings nothing: no block, the input grows
     CHECK(r.ids == std::vector<int64_t>{g0, g1, g2, g3, next_after(6)});
     CHECK(r.asked == std::vector<std::vector<int64_t>>{{1, 10, 11}, {1, 10, 11, g0, g1}, {1, 10, 11, g0, g1, g2, g3}});
@@ -178,10 +171,8 @@ TEST_CASE("oracle: prepending re-encodes everything after BOS, BOS first", "[ora
     const int64_t g2 = next_after(n2 + 4), g3 = next_after(n2 + 5);
     check_calls(m, {cat({from(0, {1}), from(1, b1), from(1 + n1, {10, 11})}),
                     from(n1 + 3, {g0}),
-                    from(n1 + 4, {g1}),
-                    cat({from(0, {1}), from(1, b2), from(1 + n2, {10, 11, g0, g1})}),
+                    cat({from(0, {1}), from(1, b2), from(1 + n2, {10, 11, g0, g1})}),  // g1 held, encoded here
                     from(n2 + 5, {g2}),
-                    from(n2 + 6, {g3}),
                     from(0, {1, 10, 11, g0, g1, g2, g3})});  // no document: the prefix moved back, all again
     CHECK(r.ids == std::vector<int64_t>{g0, g1, g2, g3, next_after(6)});
     CHECK(r.stats.reencoded_per_place == std::vector<int64_t>{3 + n1, 5 + n2, 7});
@@ -211,10 +202,10 @@ TEST_CASE("oracle: two documents per retrieval share one bracket", "[oracle]") {
       const int64_t g0 = next_after(last), g1 = next_after(last + 1);
       const std::vector<Call> want =
           mode == ContextMode::Append
-              ? std::vector<Call>{cat({from(0, {1, 10, 11}), from(3, b1)}), from(last + 1, {g0}), from(last + 2, {g1}),
+              ? std::vector<Call>{cat({from(0, {1, 10, 11}), from(3, b1)}), from(last + 1, {g0}),
                                   cat({from(3, {g0, g1}), from(5, b2)})}
               : std::vector<Call>{cat({from(0, {1}), from(1, b1), from(1 + n1, {10, 11})}), from(last + 1, {g0}),
-                                  from(last + 2, {g1}), cat({from(0, {1}), from(1, b2), from(1 + n2, {10, 11, g0, g1})})};
+                                  cat({from(0, {1}), from(1, b2), from(1 + n2, {10, 11, g0, g1})})};
       check_calls(m, want);
     }
   }
@@ -334,11 +325,9 @@ TEST_CASE("oracle: doc positions before: the block sits below the input in posit
   using Slots = std::vector<int64_t>;  // (token, position, slot) for each token, flattened
   const std::vector<Slots> want = {
       {1, 5, 0, 10, 6, 1, 11, 7, 2, L, 1, 3, 50, 2, 4, 51, 3, 5, R, 4, 6},
-      {g0, 8, 7},
-      {g1, 9, 8},
+      {g0, 8, 7},  // g1, the last token before the retrieval, is held: encoded by the next call only
       {g0, 8, 3, g1, 9, 4, L, 0, 5, 60, 1, 6, 61, 2, 7, 62, 3, 8, R, 4, 9},
       {g2, 10, 10},
-      {g3, 11, 11},
       {g2, 10, 5, g3, 11, 6},  // no document: no block, the input's positions go on
   };
   REQUIRE(m.calls.size() == want.size());

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "flashback/config.hpp"
+#include "flashback/generate.hpp"
 #include "shared_path.hpp"
 
 namespace flashback::test {
@@ -31,6 +32,14 @@ inline std::string temp_dir(const std::string& tag) {
   char* p = ::mkdtemp(tmpl.data());
   if (!p) throw std::runtime_error("mkdtemp failed");
   return tmpl;
+}
+
+// Greedy, no EOS stop: every run generates exactly n tokens.
+inline GenerateOptions greedy(int64_t n) {
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.stop_at_eos = false;
+  return g;
 }
 
 // A small random Llama config; GQA whenever kv_heads < heads.

@@ -83,6 +83,7 @@ class ContextBase {
     input_ = std::move(input);
     block_.clear();
     recent_.clear();
+    held_.clear();
     layout_.clear();
     positions_.clear();
     input_in_layout_ = 0;
@@ -101,7 +102,9 @@ class ContextBase {
     auto t0 = std::chrono::steady_clock::now();
     const int64_t old_input = input_in_layout_, old_layout = static_cast<int64_t>(layout_.size());
     input_.insert(input_.end(), recent_.begin(), recent_.end());  // the recent tokens join the input
+    input_.insert(input_.end(), held_.begin(), held_.end());
     recent_.clear();
+    held_.clear();
     block_ = document_block(options_.mode, docs, block_marks());
     check_block_fits(static_cast<int64_t>(block_.size()));
     int64_t from = first_changed_slot(options_.mode, old_input, old_layout);
@@ -123,6 +126,7 @@ class ContextBase {
   at::Tensor append(const std::vector<int64_t>& tokens, bool all_rows = false) {
     if (tokens.empty()) throw InvalidArgument("append: no tokens");
     if (layout_.empty()) throw InvalidArgument("append before place(): the input is not encoded yet");
+    if (!held_.empty()) throw InvalidArgument("append after hold(): place() encodes the held tokens first");
     auto t0 = std::chrono::steady_clock::now();
     const int64_t n = static_cast<int64_t>(tokens.size());
     int64_t from = static_cast<int64_t>(layout_.size());
@@ -155,6 +159,16 @@ class ContextBase {
     return rows;
   }
 
+  // Adds tokens to the text without encoding them: the next place() encodes
+  // them with the recent tokens. The loops hold the last token sampled before
+  // a retrieval: appending it would run a decode step whose slot the
+  // retrieval re-encodes at once (one wasted step per retrieval). Only
+  // place() may follow.
+  void hold(const std::vector<int64_t>& tokens) {
+    if (layout_.empty()) throw InvalidArgument("hold before place(): the input is not encoded yet");
+    held_.insert(held_.end(), tokens.begin(), tokens.end());
+  }
+
   // Throws InvalidArgument unless a block of `document_tokens` tokens of
   // documents (with the marks when they are on) plus the stride leaves room
   // for at least one input token in the window: the loops ask before they
@@ -172,10 +186,11 @@ class ContextBase {
   const std::vector<int64_t>& layout() const { return layout_; }
   // The RoPE position of each slot of layout() (layout.hpp's layout_positions).
   const std::vector<int64_t>& positions() const { return positions_; }
-  // The running token sequence: input (after any slide) + recent.
+  // The running token sequence: input (after any slide) + recent + held.
   std::vector<int64_t> text() const {
     std::vector<int64_t> t = input_;
     t.insert(t.end(), recent_.begin(), recent_.end());
+    t.insert(t.end(), held_.begin(), held_.end());
     return t;
   }
   const ContextStats& stats() const { return stats_; }
@@ -297,6 +312,7 @@ class ContextBase {
   std::vector<int64_t> input_;   // anchor (BOS or the first token) + input (+ the recent tokens folded in at each place())
   std::vector<int64_t> block_;   // the document block of the last place()
   std::vector<int64_t> recent_;  // appended since the last place()
+  std::vector<int64_t> held_;    // after recent_, not encoded: the next place() encodes them (hold())
   std::vector<int64_t> layout_;  // token per cache slot
   std::vector<int64_t> positions_;  // RoPE position per cache slot
   int64_t input_in_layout_ = 0;  // |input_| when the layout was last built

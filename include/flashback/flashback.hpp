@@ -1,6 +1,7 @@
 // The one header applications include.
 #pragma once
 
+#include "flashback/batching.hpp"
 #include "flashback/checkpoint.hpp"
 #include "flashback/config.hpp"
 #include "flashback/context.hpp"

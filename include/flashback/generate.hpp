@@ -3,7 +3,8 @@
 //
 //   generate(context, documents, prompt, options)   every `stride` tokens the
 //     context asks `documents` for a retrieval (when its mode retrieves) and
-//     places them; between retrievals each sampled token is appended. The
+//     places them; between retrievals each sampled token is appended (the
+//     last one before a retrieval is held for the placement to encode). The
 //     CLI's ralm and generate commands, Python's flashback.generate and the
 //     `bench ralm` speed test all run this loop.
 //   prefill / decode_step   one forward into a cache: what a context does
@@ -72,7 +73,10 @@ GenerateResult generate(ContextBase<Model>& context, DocumentSource& documents, 
     r.ids.push_back(next);
     const bool stop = (on_token && !on_token(next)) || (options.stop_at_eos && context.model().config().is_eos(next));
     if (stop || i + 1 == options.max_new_tokens) break;
-    logits = context.append({next}).select(0, 0);
+    if (context.retrieves() && (i + 1) % stride == 0)
+      context.hold({next});  // the retrieval next encodes it with the recent tokens
+    else
+      logits = context.append({next}).select(0, 0);
   }
   r.stats = context.stats();
   return r;

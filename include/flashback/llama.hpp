@@ -19,6 +19,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <utility>
 #include <vector>
 
 #include "flashback/config.hpp"
@@ -47,11 +48,31 @@ struct RotaryTables {
 };
 RotaryTables make_rotary_tables(const LlamaConfig& config, const at::Device& device);
 
+// How the T rows of a forward split. sequences: each its own rows and cache
+// (attention never crosses sequences); calls: the row ranges each projection
+// call takes. One sequence and one call is the usual forward ([B, T] of one
+// cache, or none); a forward over several sequences (B = 1) groups the rows
+// of short sequences, at most kernels::kMaxKernelRows to a call, and gives
+// each longer one a call of its own, so every row is computed as in its own
+// sequence's forward.
+struct RowPlan {
+  struct Sequence {
+    int64_t begin = 0, rows = 0;
+    KVCacheStore* cache = nullptr;
+  };
+  std::vector<Sequence> sequences;
+  std::vector<std::pair<int64_t, int64_t>> calls;  // [begin, end) rows
+
+  static RowPlan one(int64_t rows, KVCacheStore* cache) { return {{{0, rows, cache}}, {{0, rows}}}; }
+  // Sequences of these lengths, in order, their calls grouped as above.
+  static RowPlan packed(const std::vector<int64_t>& lengths, const std::vector<KVCacheStore*>& caches);
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const LlamaConfig& config, const at::TensorOptions& options);
-  // x: [B, T, C]; cos/sin gathered at the positions; cache may be null.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+  // x: [B, T, C]; cos/sin gathered at the positions; the plan's caches may be null.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const RowPlan& plan,
                      int64_t layer, const Ops& ops) const;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim;
@@ -63,6 +84,8 @@ class MLPImpl : public torch::nn::Module {
   MLPImpl(const LlamaConfig& config, const at::TensorOptions& options);
   // x: [B, T, C] -> down(silu(gate(x)) * up(x)): [B, T, C]
   at::Tensor forward(const at::Tensor& x, const Ops& ops) const;
+  // The same, one call per row range of `plan`.
+  at::Tensor forward(const at::Tensor& x, const RowPlan& plan, const Ops& ops) const;
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -70,7 +93,7 @@ TORCH_MODULE(MLP);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const LlamaConfig& config, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const RowPlan& plan,
                      int64_t layer, const Ops& ops) const;
   RMSNorm input_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -84,9 +107,9 @@ class LlamaModelImpl : public torch::nn::Module {
  public:
   LlamaModelImpl(const LlamaConfig& config, const at::TensorOptions& options);
   // tokens [B, T]; cos/sin [T, D] or [B, T, D] at the tokens' positions ->
-  // the final-normed hidden states [B, T, C]. Writes T slots of `cache`
-  // (when given) and commits them.
-  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin, KVCacheStore* cache,
+  // the final-normed hidden states [B, T, C]. Writes each sequence's rows
+  // into its cache (when it has one) and commits them.
+  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin, const RowPlan& plan,
                      const Ops& ops) const;
 
   int64_t num_layers() const { return static_cast<int64_t>(layers->size()); }
@@ -136,6 +159,24 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   at::Tensor hidden_states(const at::Tensor& tokens, const at::Tensor& positions, KVCacheStore* cache);
   at::Tensor logits(const at::Tensor& hidden);
 
+  // Several sequences in one forward: the weights are read once for all of
+  // them (several streams' decode steps cost little more than one). Each
+  // sequence has its own cache (all distinct); returns its hidden states
+  // [1, T_i, C]. With the CPU kernels (Kernels::Auto) each result is the
+  // same bits as hidden_states() of that sequence alone: rows of sequences
+  // longer than kernels::kMaxKernelRows take projection calls of their own,
+  // shorter ones share calls of at most that many rows, whose kernels compute
+  // every row as alone. Elsewhere (LibTorch's ops, a GPU): equal up to
+  // rounding.
+  struct Sequence {
+    at::Tensor tokens;     // [T] or [1, T] int64
+    at::Tensor positions;  // [T] int64; undefined = cache->size() + [0, T)
+    KVCacheStore* cache = nullptr;  // batch 1, required
+  };
+  std::vector<at::Tensor> hidden_states(const std::vector<Sequence>& sequences);
+  // The head over several hidden states at once (rows grouped as above).
+  std::vector<at::Tensor> logits(const std::vector<at::Tensor>& hiddens);
+
   // A cache for this model: [B, Hkv, capacity, D] per layer, in the model's
   // dtype and device. capacity 0 = max_position_embeddings.
   KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0) const;
@@ -152,6 +193,10 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   void set_kernels(Kernels kernels) { ops_ = Ops(kernels); }
   // The output projection [V, C]: lm_head.weight, or the embedding when tied.
   at::Tensor output_weight() const;
+  // The parameter names ("model.layers.0.self_attn.q_proj.weight", ...) of
+  // the projections kept in ggml blocks (quantized.hpp; LoadOptions::keep_quantized).
+  std::vector<std::string> quantized_weights() const;
+  bool keeps_quantized() const { return !quantized_weights().empty(); }
 
   // Module::to, keeping the rotary tables (fp32) and dtype()/device() in step.
   void to(at::Device device, at::ScalarType dtype, bool non_blocking = false) override;
