@@ -14,11 +14,17 @@
 // re-encode, decode, other = sampling, cache surgery and bookkeeping). Modes
 // alternate within each repeat; medians over repeats; the speedup is
 // median(prepend)/median(append).
+//
+// --streams 1,2,4,8: N independent streams (each its own input and random
+// documents) generate at once through shared forwards (batching.hpp); their
+// tokens/s against one stream alone, and every stream's ids against its solo
+// run (a mismatch fails the command).
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "bench_common.hpp"
@@ -40,10 +46,11 @@ struct BenchRalmArgs {
   std::string dtype = "fp32";
   std::string device = "cpu";
   std::string modes = "append,prepend";
+  std::vector<int64_t> streams;  // batched stream counts (--streams); empty: the solo runs only
   int64_t init = 1536, total = 2048, stride = 16, doc = 128;
   int repeats = 1, threads = 0;
   uint64_t seed = 0;
-  bool json = false;
+  bool json = false, keep_quantized = false;
 
   int64_t to_generate() const { return total - doc - init; }
   const std::string& measured() const { return model.empty() ? config : model; }
@@ -57,35 +64,83 @@ struct RunResult {
   int64_t rss_after_first_place = 0, rss_at_end = 0;  // bytes
 };
 
-// One run of `mode` (append with the marks, as FlashBack; prepend without,
-// as In-Context RALM). Token ids and documents avoid the last two ids, which
-// play the marks.
-RunResult run_mode(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& cache, const BenchRalmArgs& a,
-                   uint64_t seed) {
-  const int64_t V = model.config().vocab_size;
+// The bench's RALM options for `mode`: append with the marks, as FlashBack;
+// prepend without, as In-Context RALM.
+RalmOptions bench_options(ContextMode mode, const BenchRalmArgs& a) {
   RalmOptions o;
   o.stride = a.stride;
   o.max_length = a.capacity();
   o.doc_tokens = a.doc;  // the room kept below the input (doc_positions before) fits the bench's documents
   o.window_keep = 1.0;
   o.marks = mode == ContextMode::Append;
-  auto ctx = make_context(mode, model, cache, MarkingToken(V), o);
-  RandomDocuments documents(a.doc, 1, V - 2, seed);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
-  at::Tensor init = at::randint(1, V - 2, {a.init}, gen, at::kLong);  // [init]
+  return o;
+}
+
+GenerateOptions bench_generation(const BenchRalmArgs& a) {
   GenerateOptions g;
   g.max_new_tokens = a.to_generate();
   g.stop_at_eos = false;
+  return g;
+}
+
+// Stream i's input and documents: its own seed (stream 0's is the solo run's).
+uint64_t stream_seed(uint64_t seed, int64_t i) { return seed + 7919 * static_cast<uint64_t>(i); }
+
+// `n` random ids avoiding the last two of the vocabulary, which play the marks.
+std::vector<int64_t> bench_input(int64_t vocab, int64_t n, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  at::Tensor init = at::randint(1, vocab - 2, {n}, gen, at::kLong);  // [n]
+  return std::vector<int64_t>(init.data_ptr<int64_t>(), init.data_ptr<int64_t>() + n);
+}
+
+// One run of `mode` on the model itself: stream `stream`'s input and documents.
+RunResult run_mode(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& cache, const BenchRalmArgs& a,
+                   uint64_t seed, int64_t stream = 0) {
+  const int64_t V = model.config().vocab_size;
+  const uint64_t s = stream_seed(seed, stream);
+  auto ctx = make_context(mode, model, cache, MarkingToken(V), bench_options(mode, a));
+  RandomDocuments documents(a.doc, 1, V - 2, s);
   RunResult r;
   auto first_token = [&](int64_t) {
     if (!r.rss_after_first_place) r.rss_after_first_place = bench::rss_bytes();
     return true;
   };
   const auto t0 = Clock::now();
-  r.generation = generate(*ctx, documents, std::vector<int64_t>(init.data_ptr<int64_t>(), init.data_ptr<int64_t>() + a.init),
-                          g, first_token);
+  r.generation = generate(*ctx, documents, bench_input(V, a.init, s), bench_generation(a), first_token);
   r.seconds = since(t0);
   r.rss_at_end = bench::rss_bytes();
+  return r;
+}
+
+// `caches.size()` streams of `mode` through shared forwards (batching.hpp).
+struct StreamsRun {
+  double seconds = 0;
+  std::vector<GenerateResult> generations;
+  StreamBatcher::Stats stats;
+};
+
+StreamsRun run_streams(ContextMode mode, LlamaForCausalLMImpl& model, std::vector<KVCacheStore>& caches, int64_t n,
+                       const BenchRalmArgs& a, uint64_t seed) {
+  const int64_t V = model.config().vocab_size;
+  StreamBatcher batcher(model, n);
+  std::vector<std::unique_ptr<ContextBase<StreamBatcher::Stream>>> contexts;
+  std::vector<std::unique_ptr<RandomDocuments>> documents;
+  std::vector<ContextBase<StreamBatcher::Stream>*> context_ptrs;
+  std::vector<DocumentSource*> document_ptrs;
+  std::vector<std::vector<int64_t>> inputs;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t s = stream_seed(seed, i);
+    contexts.push_back(make_context(mode, batcher.stream(i), caches[static_cast<size_t>(i)], MarkingToken(V), bench_options(mode, a)));
+    documents.push_back(std::make_unique<RandomDocuments>(a.doc, 1, V - 2, s));
+    context_ptrs.push_back(contexts.back().get());
+    document_ptrs.push_back(documents.back().get());
+    inputs.push_back(bench_input(V, a.init, s));
+  }
+  StreamsRun r;
+  const auto t0 = Clock::now();
+  r.generations = generate_streams(batcher, context_ptrs, document_ptrs, inputs, bench_generation(a));
+  r.seconds = since(t0);
+  r.stats = batcher.stats();
   return r;
 }
 
@@ -142,6 +197,13 @@ void print_table(const nlohmann::ordered_json& j, const BenchRalmArgs& a) {
                 100.0 * e["model_share"].get<double>());
   if (j.contains("speedup_append_over_prepend"))
     std::printf("speedup append/prepend: %.2fx\n", j["speedup_append_over_prepend"].get<double>());
+  if (j.contains("streams")) {
+    std::printf("%-8s %8s %9s %9s %12s %15s\n", "mode", "streams", "seconds", "tokens/s", "x 1 stream", "ids = solo");
+    for (const auto& e : j["streams"])
+      std::printf("%-8s %8lld %9.2f %9.2f %11.2fx %15s\n", e["mode"].get<std::string>().c_str(),
+                  (long long)e["streams"].get<int64_t>(), e["seconds"].get<double>(), e["tokens_per_second"].get<double>(),
+                  e["speedup_over_one_stream"].get<double>(), e["ids_equal_solo"].get<bool>() ? "yes" : "NO");
+  }
   const auto& m = j["memory"];
   std::printf("memory: weights %.1f MB + KV cache %.1f MB; peak RSS %.1f MB (%.1f MB before the model) = %.3fx weights + cache\n",
               m["weights_bytes"].get<int64_t>() / 1e6, m["kv_cache_bytes"].get<int64_t>() / 1e6,
@@ -157,10 +219,22 @@ void bench_ralm(const BenchRalmArgs& a) {
   const std::vector<ContextMode> modes = parse_context_modes(a.modes);
   const int threads = init_threads(a.threads);
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
-  LlamaForCausalLM model = bench::bench_model(a.model, a.config, a.dtype, a.seed, a.capacity(), a.device);
+  LlamaForCausalLM model = bench::bench_model(a.model, a.config, a.dtype, a.seed, a.capacity(), a.device, a.keep_quantized);
   KVCacheStore cache = model->make_cache(1, a.capacity());
-  int64_t weight_bytes = 0;
-  for (const auto& p : model->parameters()) weight_bytes += int64_t(p.nbytes());
+  const int64_t weight_bytes = bench::weight_bytes(*model);
+
+  // --streams: stream i of every batched run is checked against its own solo run.
+  int64_t max_streams = 1;
+  for (int64_t n : a.streams) {
+    if (n < 1) throw InvalidArgument("--streams: each count must be >= 1 (got " + std::to_string(n) + ")");
+    max_streams = std::max(max_streams, n);
+  }
+  std::vector<KVCacheStore> stream_caches;
+  for (int64_t i = 0; i < (max_streams > 1 ? max_streams : 0); ++i) stream_caches.push_back(model->make_cache(1, a.capacity()));
+  std::map<ContextMode, std::vector<std::vector<int64_t>>> solo_ids;       // [mode][stream]
+  std::map<std::pair<ContextMode, int64_t>, std::vector<StreamsRun>> batched;  // [(mode, n)][repeat]
+  std::vector<std::string> mismatches;                 // what differed, for the error
+  std::set<std::pair<ContextMode, int64_t>> differing;  // (mode, n) with a stream that differed
 
   std::map<ContextMode, std::vector<RunResult>> runs;
   for (int rep = 0; rep < a.repeats; ++rep) {
@@ -171,6 +245,30 @@ void bench_ralm(const BenchRalmArgs& a) {
       if (!a.json)
         std::fprintf(stderr, "bench ralm: repeat %d/%d %-7s %.2f s\n", rep + 1, a.repeats, context_mode_name(m),
                      runs[m].back().seconds);
+      if (max_streams == 1) continue;
+      // Streams beyond the first, alone (their reference ids): once, in the first repeat's inputs.
+      if (rep == 0) {
+        solo_ids[m].push_back(runs[m].back().generation.ids);
+        for (int64_t i = 1; i < max_streams; ++i) {
+          solo_ids[m].push_back(run_mode(m, *model, cache, a, a.seed + 1, i).generation.ids);
+          if (!a.json) std::fprintf(stderr, "bench ralm: %-7s stream %lld alone\n", context_mode_name(m), (long long)i);
+        }
+      }
+      for (int64_t n : a.streams) {
+        if (n == 1) continue;
+        // The first repeat's inputs every time: the ids must be the solo runs' each repeat.
+        StreamsRun r = run_streams(m, *model, stream_caches, n, a, a.seed + 1);
+        for (int64_t i = 0; i < n; ++i)
+          if (r.generations[static_cast<size_t>(i)].ids != solo_ids[m][static_cast<size_t>(i)]) {
+            mismatches.push_back(std::string(context_mode_name(m)) + " stream " + std::to_string(i) + " of " +
+                                 std::to_string(n) + " (repeat " + std::to_string(rep + 1) + ")");
+            differing.insert({m, n});
+          }
+        if (!a.json)
+          std::fprintf(stderr, "bench ralm: repeat %d/%d %-7s %lld streams %.2f s\n", rep + 1, a.repeats,
+                       context_mode_name(m), (long long)n, r.seconds);
+        batched[{m, n}].push_back(std::move(r));
+      }
     }
   }
 
@@ -187,9 +285,43 @@ void bench_ralm(const BenchRalmArgs& a) {
   j["threads"] = threads;
   j["repeats"] = a.repeats;
   for (ContextMode m : modes) j["modes"].push_back(summarize(m, runs[m]));
-  const int64_t peak = bench::peak_rss_bytes(), held = weight_bytes + cache.bytes_allocated();
+  // Streams: tokens/s of n streams together against one stream alone (run_mode, the plain loop).
+  for (ContextMode m : modes) {
+    if (a.streams.empty()) break;
+    std::vector<double> solo_seconds;
+    for (const auto& r : runs[m]) solo_seconds.push_back(r.seconds);
+    const double generated = double(a.to_generate()), solo_rate = generated / median(solo_seconds);
+    for (int64_t n : a.streams) {
+      nlohmann::ordered_json e;
+      e["mode"] = context_mode_name(m);
+      e["streams"] = n;
+      if (n == 1) {
+        e["seconds"] = median(solo_seconds);
+        e["seconds_all"] = solo_seconds;
+        e["tokens_per_second"] = solo_rate;
+        e["speedup_over_one_stream"] = 1.0;
+        e["ids_equal_solo"] = true;
+      } else {
+        std::vector<double> secs;
+        for (const auto& r : batched[{m, n}]) secs.push_back(r.seconds);
+        const StreamBatcher::Stats& st = batched[{m, n}].front().stats;
+        e["seconds"] = median(secs);
+        e["seconds_all"] = secs;
+        e["tokens_per_second"] = double(n) * generated / median(secs);
+        e["speedup_over_one_stream"] = double(n) * generated / median(secs) / solo_rate;
+        e["ids_equal_solo"] = differing.count({m, n}) == 0;
+        e["forwards"] = st.forwards;
+        e["rows_per_forward"] = st.forwards ? double(st.rows) / double(st.forwards) : 0.0;
+        e["max_sequences_per_forward"] = st.max_sequences;
+      }
+      j["streams"].push_back(e);
+    }
+  }
+  int64_t stream_cache_bytes = 0;
+  for (const auto& c : stream_caches) stream_cache_bytes += c.bytes_allocated();
+  const int64_t peak = bench::peak_rss_bytes(), held = weight_bytes + cache.bytes_allocated() + stream_cache_bytes;
   j["memory"] = {{"weights_bytes", weight_bytes},
-                 {"kv_cache_bytes", cache.bytes_allocated()},
+                 {"kv_cache_bytes", cache.bytes_allocated() + stream_cache_bytes},
                  {"process_before_model_bytes", rss_start},
                  {"peak_rss_bytes", peak},
                  {"peak_over_weights_and_cache", double(peak) / double(held)},
@@ -203,6 +335,9 @@ void bench_ralm(const BenchRalmArgs& a) {
     std::printf("%s\n", j.dump().c_str());
   else
     print_table(j, a);
+  if (!mismatches.empty())
+    throw Error("bench ralm --streams: batched ids differ from the solo run for " + mismatches.front() +
+                (mismatches.size() > 1 ? " and " + std::to_string(mismatches.size() - 1) + " more" : std::string()));
 }
 
 }  // namespace
@@ -217,6 +352,7 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--init", a->init, "input tokens at the start")->check(CLI::PositiveNumber);
   cmd->add_option("--total", a->total, "the sequence ends at total - doc tokens")->check(CLI::PositiveNumber);
@@ -224,6 +360,11 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--doc", a->doc, "tokens per document")->check(CLI::PositiveNumber);
   cmd->add_option("--modes", a->modes, "append,prepend (either or both; none also runs)");
   cmd->add_option("--repeats", a->repeats, "runs per mode (medians reported)")->check(CLI::Range(1, 100));
+  cmd->add_option("--streams", a->streams,
+                  "also run N streams at once through shared forwards, e.g. 1,2,4,8: tokens/s of all N against one "
+                  "stream alone; each stream's ids are checked against its solo run")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   cmd->add_option("--seed", a->seed, "weights and token ids");
   cmd->add_flag("--json", a->json, "print JSON");

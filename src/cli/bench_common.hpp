@@ -66,14 +66,30 @@ inline LlamaForCausalLM random_model(const std::string& spec, const std::string&
   return model;
 }
 
+// Bytes the model's weights take: every parameter, plus the blocks of
+// projections kept quantized.
+inline int64_t weight_bytes(LlamaForCausalLMImpl& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += int64_t(p.nbytes());
+  for (const auto& mod : m.modules(/*include_self=*/false))
+    if (auto l = std::dynamic_pointer_cast<LinearImpl>(mod); l && l->quantized) n += int64_t(l->quantized->data.nbytes());
+  if (const auto& h = m.model->embed_tokens->head_quantized) n += int64_t(h->data.nbytes());
+  return n;
+}
+
 // What a benchmark measures: the checkpoint at `model_path` when given (its weights in `dtype`: the same
 // file llama.cpp runs, for a side-by-side run), else random weights of `spec`.
 inline LlamaForCausalLM bench_model(const std::string& model_path, const std::string& spec, const std::string& dtype,
-                                    uint64_t seed, int64_t positions, const std::string& device = "cpu") {
-  if (model_path.empty()) return random_model(spec, dtype, seed, positions, device);
+                                    uint64_t seed, int64_t positions, const std::string& device = "cpu",
+                                    bool keep_quantized = false) {
+  if (model_path.empty()) {
+    if (keep_quantized) throw InvalidArgument("--keep-quantized needs a quantized GGUF --model");
+    return random_model(spec, dtype, seed, positions, device);
+  }
   LoadOptions o;
   o.dtype = parse_dtype(dtype);
   o.device = parse_device(device);
+  o.keep_quantized = keep_quantized;
   LlamaForCausalLM model = load_model(model_path, o);
   if (model->config().max_position_embeddings < positions)
     throw InvalidArgument(model_path + ": the model holds " + std::to_string(model->config().max_position_embeddings) +

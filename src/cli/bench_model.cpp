@@ -25,6 +25,7 @@
 
 #include "bench_common.hpp"
 #include "bench_subcommands.hpp"
+#include "commands.hpp"
 #include "flashback/dtype.hpp"
 #include "flashback/flashback.hpp"
 #include "flashback/kernels.hpp"
@@ -45,7 +46,7 @@ struct BenchModelArgs {
   int64_t context = 512;
   int repeats = 3, threads = 0;
   uint64_t seed = 0;
-  bool baseline = false, json = false;
+  bool baseline = false, json = false, keep_quantized = false;
 
   const std::string& measured() const { return model.empty() ? config : model; }
 };
@@ -86,7 +87,8 @@ struct Setup {
 Setup setup(const BenchModelArgs& a, int64_t positions) {
   Setup s;
   s.threads = init_threads(a.threads);
-  s.model = std::make_unique<LlamaForCausalLM>(bench::bench_model(a.model, a.config, a.dtype, a.seed, positions, a.device));
+  s.model = std::make_unique<LlamaForCausalLM>(
+      bench::bench_model(a.model, a.config, a.dtype, a.seed, positions, a.device, a.keep_quantized));
   s.config = (*s.model)->config();
   s.dtype = (*s.model)->dtype();
   return s;
@@ -239,7 +241,11 @@ void bench_decode(BenchModelArgs a) {
   KVCacheStore cache = m.make_cache(1, a.context + a.tokens);
   at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
   const double elem = double(c10::elementSize(s.dtype));
-  const double weight_bytes = double(matmul_params(c)) * elem;
+  // Every weight but the embedding table (a tied head reads it once, as the head, unless the head has
+  // blocks of its own: keep_quantized).
+  const bool table_is_head = c.tie_word_embeddings && !m.model->embed_tokens->head_quantized;
+  const double embed_bytes = table_is_head ? 0.0 : double(m.model->embed_tokens->weight.nbytes());
+  const double weight_bytes = double(bench::weight_bytes(m)) - embed_bytes;
   // The KV cache read by the middle step of the run.
   const double kv_bytes = 2.0 * c.num_hidden_layers * c.kv_dim() * (a.context + a.tokens / 2.0) * elem;
   const double bytes = weight_bytes + kv_bytes;
@@ -300,6 +306,7 @@ void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--repeats", a->repeats, "timed runs after a warm-up (median reported)")->check(CLI::Range(1, 100));
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");

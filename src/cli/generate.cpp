@@ -15,6 +15,7 @@ namespace flashback::cli {
 namespace {
 struct GenerateArgs {
   std::string model, tokenizer, prompt, dtype, device = "cpu";
+  bool keep_quantized = false;
   GenerateOptions generation;
   int threads = 0;
   bool json = false;
@@ -25,6 +26,7 @@ void run(const GenerateArgs& a) {
   PretrainedOptions po;
   po.tokenizer = a.tokenizer;
   po.dtype = parse_dtype(a.dtype);
+  po.keep_quantized = a.keep_quantized;
   po.device = parse_device(a.device);
   Pretrained p = load_pretrained(a.model, po);
   const Tokenizer& tok = *p.tokenizer;
@@ -59,6 +61,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   add_generation_flags(cmd, a->generation);
   cmd->add_option("--dtype", a->dtype, "auto, fp32, bf16, fp16");
+  cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   cmd->add_flag("--json", a->json, "print one JSON object {prompt_ids, ids, text}");

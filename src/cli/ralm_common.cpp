@@ -46,6 +46,7 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--encoder-model", a.encoder_model, "dense index: the encoder model (default: the one that built it)");
   cmd->add_option("--dtype", a.dtype, "auto, fp32, bf16, fp16");
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_flag("--keep-quantized", a.keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--threads", a.threads, "intra-op threads (default: all cores)");
   cmd->add_flag("--json", a.json, "print JSON");
 }
@@ -65,6 +66,7 @@ RalmSetup setup_ralm(const RalmArgs& a, const std::vector<ContextMode>& modes) {
   po.default_adapter = !a.no_adapter;
   po.adapter_dirs = {executable_data_dir("adapters")};
   po.merge_adapter = !a.adapter_unmerged;
+  po.keep_quantized = a.keep_quantized;
   RalmSetup s;
   s.pretrained = load_pretrained(a.model, po);
   if (s.pretrained.adapter_default)

@@ -14,7 +14,7 @@ namespace flashback::cli {
 
 struct RalmArgs {
   std::string model, tokenizer, index, mode = "append", dtype, device = "cpu", forbidden_titles, encoder_model, adapter;
-  bool adapter_unmerged = false, no_adapter = false;
+  bool adapter_unmerged = false, no_adapter = false, keep_quantized = false;
   RalmOptions options;
   int threads = 0;
   bool json = false;
