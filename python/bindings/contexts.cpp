@@ -47,6 +47,8 @@ void bind_contexts(py::module_& m) {
              c10::InferenceMode g;
              return c.context->append(tokens, all_rows);
            }, py::arg("tokens"), py::arg("all_rows") = false, release_gil())
+      .def("hold", [](OwnedContext& c, const std::vector<int64_t>& tokens) { c.context->hold(tokens); },
+           py::arg("tokens"), "adds tokens to the text unencoded; the next place() encodes them (only place() may follow)")
       .def("layout", [](OwnedContext& c) { return c.context->layout(); })
       .def("positions", [](OwnedContext& c) { return c.context->positions(); })
       .def("text", [](OwnedContext& c) { return c.context->text(); })

@@ -125,8 +125,9 @@ void bind_model(py::module_& m) {
 
   m.def("load", [](const std::string& path, const std::string& dtype, const std::string& marks,
                    const std::string& tokenizer, const std::string& device, const std::string& adapter, bool merge,
-                   bool default_adapter, const std::vector<std::string>& adapter_dirs) {
+                   bool default_adapter, const std::vector<std::string>& adapter_dirs, bool keep_quantized) {
           PretrainedOptions o;
+          o.keep_quantized = keep_quantized;
           o.adapter = adapter;
           o.default_adapter = default_adapter;
           o.adapter_dirs = adapter_dirs;
@@ -146,8 +147,10 @@ void bind_model(py::module_& m) {
         }, py::arg("path"), py::arg("dtype") = "auto", py::arg("marks") = "find", py::arg("tokenizer") = "",
         py::arg("device") = "cpu", py::arg("adapter") = "", py::arg("merge_adapter") = false,
         py::arg("default_adapter") = true, py::arg("adapter_dirs") = std::vector<std::string>{},
+        py::arg("keep_quantized") = false,
         "(Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', "
-        "'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model");
+        "'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; "
+        "keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks (CPU inference)");
   m.def("model_fingerprint", [](const std::string& path) { return model_fingerprint(read_checkpoint(path)); },
         py::arg("path"), "the identity shipped adapters are matched on (shipped_adapters.hpp)", release_gil());
   m.def("write_shipped_adapter_info", [](const std::string& dir, const std::string& model, const std::string& base,

@@ -323,6 +323,10 @@ class Context:
         ...
     def cache_size(self) -> int:
         ...
+    def hold(self, tokens: list[int]) -> None:
+        """
+        adds tokens to the text unencoded; the next place() encodes them (only place() may follow)
+        """
     def layout(self) -> list[int]:
         ...
     def place(self, docs: list[list[int]]) -> torch.Tensor:
@@ -415,9 +419,9 @@ def generate(context: Context, documents: DocumentSource, prompt: list[int], opt
     """
     the one generation loop: (generated ids, stats)
     """
-def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False, default_adapter: bool = True, adapter_dirs: list[str] = []) -> tuple:
+def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False, default_adapter: bool = True, adapter_dirs: list[str] = [], keep_quantized: bool = False) -> tuple:
     """
-    (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model
+    (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks (CPU inference)
     """
 def lora_target_names() -> list[str]:
     """

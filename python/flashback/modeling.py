@@ -169,7 +169,8 @@ class LlamaForCausalLM(nn.Module):
                         marks: str = "find", tokenizer: Optional[Union[str, Path]] = None, device: str = "cpu",
                         adapter: Optional[Union[str, Path]] = None, merge_adapter: bool = False,
                         default_adapter: bool = True, config: Optional[Any] = None,
-                        state_dict: Optional[Dict[str, torch.Tensor]] = None) -> "LlamaForCausalLM":
+                        state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                        keep_quantized: bool = False) -> "LlamaForCausalLM":
         """Loads an HF directory (config.json + safetensors, sharded or not),
         a llama2.c .bin or a GGUF file.
 
@@ -185,6 +186,9 @@ class LlamaForCausalLM(nn.Module):
         for this model (adapters/ in the source, <prefix>/share/flashback/adapters
         installed), if there is one, as the CLI does; `adapter_path` says which.
         Pass False to fine-tune from the base model.
+        keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks in memory
+        (as llama.cpp runs them: decode reads 4.5-8.5 bits per weight); CPU inference, adapters
+        unmerged; saving or merging needs the model loaded without it.
         The model comes in eval mode (LoRA dropout off), as HF's does; train() turns it on."""
         dt = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else dtype
         if path is None:
@@ -194,7 +198,7 @@ class LlamaForCausalLM(nn.Module):
         core, tok, mark_left, loaded = _C.load(
             str(path), dtype=dt, marks=marks, tokenizer=str(tokenizer or ""), device=str(device),
             adapter=str(adapter or ""), merge_adapter=merge_adapter, default_adapter=default_adapter,
-            adapter_dirs=[os.path.join(sys.prefix, "share", "flashback", "adapters")])
+            adapter_dirs=[os.path.join(sys.prefix, "share", "flashback", "adapters")], keep_quantized=keep_quantized)
         model = cls(core, tok, mark_left, str(path))
         model.adapter_path = loaded or None
         if loaded:

@@ -104,6 +104,12 @@ class Context:
         """Appends tokens; logits [1, V] of the last one, or [len, V] with all_rows."""
         return self._ctx.append([int(t) for t in tokens], all_rows)
 
+    def hold(self, tokens: Sequence[int]) -> None:
+        """Adds tokens to the text without encoding them: the next place() encodes them with the recent
+        tokens (generate holds the last token before a retrieval instead of a decode step the retrieval would
+        redo). Only place() may follow."""
+        self._ctx.hold([int(t) for t in tokens])
+
     def layout(self) -> List[int]:
         """The token ids in cache slot order."""
         return self._ctx.layout()
@@ -114,7 +120,7 @@ class Context:
         return self._ctx.positions()
 
     def text(self) -> List[int]:
-        """The text so far (input and recent tokens, no documents)."""
+        """The text so far (input, recent and held tokens, no documents)."""
         return self._ctx.text()
 
     def stats(self) -> Dict:

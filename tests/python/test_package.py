@@ -446,6 +446,17 @@ def test_generate_and_evaluate_from_python(tmp_path):
     assert len(ids) == 24 and stats["retrievals"] >= 1
     ids2, _ = flashback.generate(m, ret, "Once upon a time, a little dog", 24, mode="append", kv_reuse=False)
     assert ids == ids2
+    # The loop, stepped by hand: a token held before a retrieval is in the text, and place() encodes it.
+    ctx = flashback.Context(m, "append", stride=4, doc_tokens=8)
+    ctx.reset(m.encode("Once upon a time"))
+    ctx.place([[30, 31, 32]])
+    ctx.append([40])
+    ctx.hold([41])
+    assert ctx.text()[-2:] == [40, 41] and 41 not in ctx.layout()
+    with pytest.raises(flashback.InvalidArgument, match="hold"):
+        ctx.append([42])
+    ctx.place([[33]])
+    assert ctx.layout()[-5:-3] == [40, 41]  # the recent tokens joined the input, before the new block
     text = "Tom had a dog. The dog liked to run in the park with a ball. Tom and the dog were friends."
     a = flashback.evaluate(m, ret, text, mode="append")
     b = flashback.evaluate(m, ret, text, mode="append", kv_reuse=False)
