@@ -166,7 +166,9 @@ std::vector<GenerateResult> generate_streams(StreamBatcher& batcher,
     threads.emplace_back([&, i] {
       try {
         at::set_num_threads(1);  // sampling and bookkeeping only: no worker team of their own
-        results[i] = generate(*contexts[i], *documents[i], prompts[i], options);
+        GenerateOptions own = options;
+        own.sampling.seed += static_cast<uint64_t>(i);
+        results[i] = generate(*contexts[i], *documents[i], prompts[i], own);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -178,6 +180,41 @@ std::vector<GenerateResult> generate_streams(StreamBatcher& batcher,
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
   return results;
+}
+
+BatchGeneration generate_batch(LlamaForCausalLMImpl& model, ContextMode mode, const MarkingToken& marks,
+                               const RalmOptions& options, const std::vector<DocumentSource*>& documents,
+                               const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& generation,
+                               std::vector<KVCacheStore>* caches) {
+  const int64_t n = static_cast<int64_t>(prompts.size());
+  if (n == 0) return {};
+  if (documents.size() != prompts.size())
+    throw InvalidArgument("batched generation: " + std::to_string(n) + " prompts but " +
+                          std::to_string(documents.size()) + " document sources (one per prompt)");
+  for (size_t i = 0; i < documents.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (documents[i] == documents[j])
+        throw InvalidArgument("batched generation: prompts " + std::to_string(j) + " and " + std::to_string(i) +
+                              " share a document source (each stream needs its own)");
+  std::vector<KVCacheStore> own;
+  if (caches == nullptr) {
+    for (int64_t i = 0; i < n; ++i) own.push_back(make_context_cache(model, options));
+    caches = &own;
+  }
+  if (static_cast<int64_t>(caches->size()) < n)
+    throw InvalidArgument("batched generation: " + std::to_string(n) + " prompts but " +
+                          std::to_string(caches->size()) + " caches");
+  StreamBatcher batcher(model, n);
+  std::vector<std::unique_ptr<ContextBase<StreamBatcher::Stream>>> contexts;
+  std::vector<ContextBase<StreamBatcher::Stream>*> pointers;
+  for (int64_t i = 0; i < n; ++i) {
+    contexts.push_back(make_context(mode, batcher.stream(i), (*caches)[static_cast<size_t>(i)], marks, options));
+    pointers.push_back(contexts.back().get());
+  }
+  BatchGeneration out;
+  out.results = generate_streams(batcher, pointers, documents, prompts, generation);
+  out.stats = batcher.stats();
+  return out;
 }
 
 }  // namespace flashback

@@ -184,3 +184,51 @@ TEST_CASE("batched streams: a failing stream leaves the others to finish", "[bat
   CHECK(contexts[2]->text().size() == 3 + 19);
   CHECK_THROWS_WITH(StreamBatcher(*m, 0), Catch::Contains("at least one stream"));
 }
+
+TEST_CASE("generate_batch: one call, a context per prompt, stream i sampling with seed + i", "[batching][exact]") {
+  LlamaForCausalLM m = random_model(at::kFloat, Kernels::Auto, 512, 13);
+  RalmOptions ro;
+  ro.stride = 4;
+  ro.doc_tokens = 10;
+  ro.marks = false;
+  ro.max_length = 120;
+  GenerateOptions g = greedy(24);
+  g.sampling.temperature = 1.0;
+  g.sampling.top_k = 20;
+  g.sampling.seed = 40;
+  // Prompts 0 and 1 are equal; 2 is longer; all retrieve from their own sources.
+  const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3, 4}, {1, 2, 3, 4}, {5, 6, 7, 8, 9, 10, 11, 12, 13}};
+  std::vector<std::unique_ptr<RandomDocuments>> docs;
+  std::vector<DocumentSource*> doc_ptrs;
+  for (int i = 0; i < 3; ++i) {
+    docs.push_back(std::make_unique<RandomDocuments>(10, 0, 97, 70));  // the same documents for all three
+    doc_ptrs.push_back(docs.back().get());
+  }
+  const BatchGeneration got = generate_batch(*m, ContextMode::Append, MarkingToken(), ro, doc_ptrs, prompts, g);
+  REQUIRE(got.results.size() == 3);
+  for (int64_t i = 0; i < 3; ++i) {
+    INFO("prompt " << i);
+    KVCacheStore cache = make_context_cache(*m, ro);
+    auto ctx = make_context(ContextMode::Append, *m, cache, MarkingToken(), ro);
+    RandomDocuments solo_docs(10, 0, 97, 70);
+    GenerateOptions solo = g;
+    solo.sampling.seed = 40 + static_cast<uint64_t>(i);
+    CHECK(got.results[i].ids == generate(*ctx, solo_docs, prompts[i], solo).ids);
+  }
+  CHECK(got.results[0].ids != got.results[1].ids);  // equal prompts, different seeds
+  CHECK(got.stats.max_sequences == 3);
+
+  SECTION("bad input: one clear error") {
+    CHECK_THROWS_WITH(generate_batch(*m, ContextMode::Append, MarkingToken(), ro, {doc_ptrs[0], doc_ptrs[0]},
+                                     {{1, 2}, {3, 4}}, g),
+                      Catch::Contains("share a document source"));
+    CHECK_THROWS_WITH(generate_batch(*m, ContextMode::Append, MarkingToken(), ro, {doc_ptrs[0]}, {{1, 2}, {3, 4}}, g),
+                      Catch::Contains("2 prompts but 1 document sources"));
+    std::vector<KVCacheStore> one;
+    one.push_back(make_context_cache(*m, ro));
+    CHECK_THROWS_WITH(generate_batch(*m, ContextMode::Append, MarkingToken(), ro, {doc_ptrs[0], doc_ptrs[1]},
+                                     {{1, 2}, {3, 4}}, g, &one),
+                      Catch::Contains("2 prompts but 1 caches"));
+    CHECK(generate_batch(*m, ContextMode::Append, MarkingToken(), ro, {}, {}, g).results.empty());
+  }
+}

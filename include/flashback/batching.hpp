@@ -35,6 +35,8 @@
 #include "flashback/documents.hpp"
 #include "flashback/generate.hpp"
 #include "flashback/kv_cache.hpp"
+#include "flashback/marking_token.hpp"
+#include "flashback/options.hpp"
 
 namespace flashback {
 
@@ -105,12 +107,30 @@ class StreamBatcher {
 
 // Runs generate() for every context in a thread of its own, the model's work
 // batched by `batcher`: context i is built over batcher.stream(i) (one per
-// stream) and draws on documents[i]. Returns the results in stream order;
+// stream) and draws on documents[i]; stream i samples with seed
+// options.sampling.seed + i, so equal prompts give different samples and each
+// stream's ids are its solo run's with that seed (greedy decoding ignores the
+// seed). Returns the results in stream order;
 // when a stream fails the others finish, then its error is rethrown.
 std::vector<GenerateResult> generate_streams(StreamBatcher& batcher,
                                              const std::vector<ContextBase<StreamBatcher::Stream>*>& contexts,
                                              const std::vector<DocumentSource*>& documents,
                                              const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerateOptions& options);
+
+// A batch as one call: prompts.size() contexts of `mode` (the one context
+// factory) over one batcher, stream i drawing on documents[i] (a source is
+// stateful: one per stream; they may share a retriever) and generating from
+// prompts[i] (seeds as generate_streams gives them). `caches`, when given,
+// holds at least one cache per stream (kept for the caller, e.g. to count
+// their bytes); otherwise each stream gets make_context_cache's.
+struct BatchGeneration {
+  std::vector<GenerateResult> results;  // in prompt order
+  StreamBatcher::Stats stats;
+};
+BatchGeneration generate_batch(LlamaForCausalLMImpl& model, ContextMode mode, const MarkingToken& marks,
+                               const RalmOptions& options, const std::vector<DocumentSource*>& documents,
+                               const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& generation,
+                               std::vector<KVCacheStore>* caches = nullptr);
 
 }  // namespace flashback

@@ -112,35 +112,30 @@ RunResult run_mode(ContextMode mode, LlamaForCausalLMImpl& model, KVCacheStore& 
   return r;
 }
 
-// `caches.size()` streams of `mode` through shared forwards (batching.hpp).
+// `n` streams of `mode` through shared forwards (batching.hpp), over the
+// first n of `caches`: stream i's input and documents as run_mode's.
 struct StreamsRun {
   double seconds = 0;
-  std::vector<GenerateResult> generations;
-  StreamBatcher::Stats stats;
+  BatchGeneration batch;
 };
 
 StreamsRun run_streams(ContextMode mode, LlamaForCausalLMImpl& model, std::vector<KVCacheStore>& caches, int64_t n,
                        const BenchRalmArgs& a, uint64_t seed) {
   const int64_t V = model.config().vocab_size;
-  StreamBatcher batcher(model, n);
-  std::vector<std::unique_ptr<ContextBase<StreamBatcher::Stream>>> contexts;
   std::vector<std::unique_ptr<RandomDocuments>> documents;
-  std::vector<ContextBase<StreamBatcher::Stream>*> context_ptrs;
   std::vector<DocumentSource*> document_ptrs;
   std::vector<std::vector<int64_t>> inputs;
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t s = stream_seed(seed, i);
-    contexts.push_back(make_context(mode, batcher.stream(i), caches[static_cast<size_t>(i)], MarkingToken(V), bench_options(mode, a)));
     documents.push_back(std::make_unique<RandomDocuments>(a.doc, 1, V - 2, s));
-    context_ptrs.push_back(contexts.back().get());
     document_ptrs.push_back(documents.back().get());
     inputs.push_back(bench_input(V, a.init, s));
   }
   StreamsRun r;
   const auto t0 = Clock::now();
-  r.generations = generate_streams(batcher, context_ptrs, document_ptrs, inputs, bench_generation(a));
+  r.batch = generate_batch(model, mode, MarkingToken(V), bench_options(mode, a), document_ptrs, inputs,
+                           bench_generation(a), &caches);
   r.seconds = since(t0);
-  r.stats = batcher.stats();
   return r;
 }
 
@@ -259,7 +254,7 @@ void bench_ralm(const BenchRalmArgs& a) {
         // The first repeat's inputs every time: the ids must be the solo runs' each repeat.
         StreamsRun r = run_streams(m, *model, stream_caches, n, a, a.seed + 1);
         for (int64_t i = 0; i < n; ++i)
-          if (r.generations[static_cast<size_t>(i)].ids != solo_ids[m][static_cast<size_t>(i)]) {
+          if (r.batch.results[static_cast<size_t>(i)].ids != solo_ids[m][static_cast<size_t>(i)]) {
             mismatches.push_back(std::string(context_mode_name(m)) + " stream " + std::to_string(i) + " of " +
                                  std::to_string(n) + " (repeat " + std::to_string(rep + 1) + ")");
             differing.insert({m, n});
@@ -304,7 +299,7 @@ void bench_ralm(const BenchRalmArgs& a) {
       } else {
         std::vector<double> secs;
         for (const auto& r : batched[{m, n}]) secs.push_back(r.seconds);
-        const StreamBatcher::Stats& st = batched[{m, n}].front().stats;
+        const StreamBatcher::Stats& st = batched[{m, n}].front().batch.stats;
         e["seconds"] = median(secs);
         e["seconds_all"] = secs;
         e["tokens_per_second"] = double(n) * generated / median(secs);
