@@ -1,7 +1,9 @@
 // Contexts, document sources, the generation and evaluation loops, and the
 // layout of training examples.
 #include "bindings.hpp"
+#include "flashback/batching.hpp"
 #include "flashback/documents.hpp"
+#include "flashback/error.hpp"
 #include "flashback/evaluate.hpp"
 #include "flashback/generate.hpp"
 #include "flashback/layout.hpp"
@@ -92,6 +94,33 @@ void bind_contexts(py::module_& m) {
           return py::make_tuple(r.ids, from_json(to_json(r.stats)));
         }, py::arg("context"), py::arg("documents"), py::arg("prompt"), py::arg("options"),
         "the one generation loop: (generated ids, stats)");
+
+  m.def("generate_batch", [](std::shared_ptr<Model> model, const std::string& mode, int64_t mark_left,
+                             const RalmOptions& options, const std::vector<std::shared_ptr<DocumentSource>>& documents,
+                             const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& generation) {
+          std::vector<DocumentSource*> sources;
+          for (const auto& d : documents) {
+            if (!d) throw InvalidArgument("generate_batch: a document source is None");
+            sources.push_back(d.get());
+          }
+          BatchGeneration b;
+          {
+            py::gil_scoped_release nogil;
+            b = generate_batch(*model, parse_context_mode(mode), marks_from(mark_left), options, sources, prompts,
+                               generation);
+          }
+          py::list results;
+          for (const GenerateResult& r : b.results) results.append(py::make_tuple(r.ids, from_json(to_json(r.stats))));
+          py::dict stats;
+          stats["forwards"] = b.stats.forwards;
+          stats["head_calls"] = b.stats.head_calls;
+          stats["rows"] = b.stats.rows;
+          stats["max_sequences"] = b.stats.max_sequences;
+          return py::make_tuple(results, stats);
+        }, py::arg("model"), py::arg("mode"), py::arg("mark_left"), py::arg("options"), py::arg("documents"),
+        py::arg("prompts"), py::arg("generation"),
+        "batched streams: one generation per prompt (its own context, cache and document source), the model's "
+        "work shared by all in one forward per step; stream i samples with seed + i. ([(ids, stats)], batch stats)");
 
   m.def("evaluate", [](OwnedContext& c, DocumentSource& documents, const std::vector<int64_t>& ids,
                        const std::function<void(int64_t, int64_t)>& progress) {

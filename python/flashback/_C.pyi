@@ -419,6 +419,10 @@ def generate(context: Context, documents: DocumentSource, prompt: list[int], opt
     """
     the one generation loop: (generated ids, stats)
     """
+def generate_batch(model: Model, mode: str, mark_left: int, options: RalmOptions, documents: list[DocumentSource], prompts: list[list[int]], generation: GenerateOptions) -> tuple:
+    """
+    batched streams: one generation per prompt (its own context, cache and document source), the model's work shared by all in one forward per step; stream i samples with seed + i. ([(ids, stats)], batch stats)
+    """
 def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False, default_adapter: bool = True, adapter_dirs: list[str] = [], keep_quantized: bool = False) -> tuple:
     """
     (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks (CPU inference)

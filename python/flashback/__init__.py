@@ -37,14 +37,15 @@ _C = _load_extension()
 from ._C import FlashbackError, FormatError, InvalidArgument, Tokenizer
 from .loss import IGNORE_INDEX, causal_lm_loss, target_loss
 from .modeling import CausalLMOutput, LlamaConfig, LlamaForCausalLM, LoraConfig, read_adapter_config
-from .ralm import (Context, DocumentSource, RalmOptions, Retriever, build_bm25_index, evaluate, generate, open_index,
-                   ralm_options)
+from .ralm import (Context, DocumentSource, RalmOptions, Retriever, build_bm25_index, evaluate, generate,
+                   generate_batch, open_index, ralm_options)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LlamaForCausalLM", "LlamaConfig", "CausalLMOutput", "LoraConfig", "read_adapter_config", "Tokenizer", "Context",
     "Retriever", "DocumentSource", "RalmOptions", "ralm_options", "open_index", "build_bm25_index", "generate",
+    "generate_batch",
     "evaluate", "target_loss", "causal_lm_loss", "IGNORE_INDEX", "FlashbackError", "FormatError", "InvalidArgument",
     "set_num_threads",
 ]

@@ -2,6 +2,7 @@
 
     ret = flashback.open_index("build/data/index")            # BM25 (Xapian) or dense
     ids, stats = flashback.generate(model, ret, "Once upon a time", 64, mode="append")
+    batch = flashback.generate_batch(model, ret, ["Once upon a time", "The river"], 64)  # [(ids, stats)]
     result = flashback.evaluate(model, ret, text, mode="append")   # {"ppl", "nll", "nll_sum", "tokens", "stats"}
 
 The options are the C++ RalmOptions, the ones the CLI's flags set, with the same names, meanings and
@@ -152,6 +153,40 @@ def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], promp
     lists each retrieval's position, query, titles and scores."""
     o = ralm_options(options, **kwargs)
     ctx = Context(model, mode, o)
+    g = _generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    source = _recorded_documents(model, retriever, o)
+    with _eval_mode(model):
+        ids, stats = _C.generate(ctx.raw, source, _ids(model, prompt), g)
+    return ids, _with_retrievals(stats, source, ctx.options.retrieves)
+
+
+def generate_batch(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"],
+                   prompts: Sequence[Union[str, Sequence[int]]], max_new_tokens: int, *, mode: str = "append",
+                   temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                   seed: Optional[int] = None, stop_at_eos: Optional[bool] = None,
+                   options: Optional["_C.RalmOptions"] = None, **kwargs) -> List[Tuple[List[int], Dict]]:
+    """generate() for several prompts at once as batched streams: each prompt has its own context, cache and
+    retrievals (one shared retriever), and every step runs all of them in one forward, so the weights are
+    read once per step for the whole batch (C++ generate_batch, docs/performance.md "Batched streams").
+    Prompts may differ in length and retrieve at different steps. Prompt i samples with seed + i (equal
+    prompts give different samples); its ids are those generate() gives it with that seed. Returns one
+    (ids, stats) per prompt, as generate() does; stats["batch"] counts the shared forwards."""
+    o = ralm_options(options, **kwargs)
+    g = _generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    sources = [_recorded_documents(model, retriever, o) for _ in prompts]
+    retrieves = _C.resolve_options(mode, o, int(model.config.max_position_embeddings)).retrieves
+    with _eval_mode(model):
+        results, batch = _C.generate_batch(model.core, mode, model.mark_left, o, sources,
+                                           [_ids(model, p) for p in prompts], g)
+    out = []
+    for (ids, stats), source in zip(results, sources):
+        stats["batch"] = dict(batch)
+        out.append((ids, _with_retrievals(stats, source, retrieves)))
+    return out
+
+
+def _generate_options(max_new_tokens: int, temperature, top_k, top_p, seed, stop_at_eos) -> "_C.GenerateOptions":
+    """GenerateOptions with the C++ defaults where an argument is None (as the CLI's flags leave them)."""
     g = _C.GenerateOptions()
     g.max_new_tokens = int(max_new_tokens)
     if stop_at_eos is not None:
@@ -162,14 +197,21 @@ def generate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], promp
             setattr(s, name, value)
     s.validate()
     g.sampling = s
-    source = documents(model, retriever, o)
+    return g
+
+
+def _recorded_documents(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"],
+                        options: "_C.RalmOptions") -> "_C.DocumentSource":
+    source = documents(model, retriever, options)
     if isinstance(source, _C.RetrievedDocuments):
         source.keep_history(True)
-    with _eval_mode(model):
-        ids, stats = _C.generate(ctx.raw, source, _ids(model, prompt), g)
+    return source
+
+
+def _with_retrievals(stats: Dict, source: "_C.DocumentSource", retrieves: bool) -> Dict:
     # each retrieval's titles and scores, as `flashback ralm --json` lists them
-    stats["retrieved"] = source.history if isinstance(source, _C.RetrievedDocuments) and ctx.options.retrieves else []
-    return ids, stats
+    stats["retrieved"] = source.history if isinstance(source, _C.RetrievedDocuments) and retrieves else []
+    return stats
 
 
 def evaluate(model: LlamaForCausalLM, retriever: Optional["_C.Retriever"], text: Union[str, Sequence[int]], *,

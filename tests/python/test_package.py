@@ -466,6 +466,36 @@ def test_generate_and_evaluate_from_python(tmp_path):
         flashback.evaluate(m, ret, text, strde=8)
 
 
+def test_generate_batch_gives_each_prompt_its_generate(tmp_path):
+    """Batched streams from Python: each prompt's ids and retrievals are generate()'s for it (greedy), and with
+    sampling prompt i draws with seed + i."""
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The little dog ran to the park and played with a red ball.\n\n"
+                      "Tom and Sue baked a big cake for their mom.\n\n"
+                      "The cat slept in the sun by the window all day.\n\n")
+    flashback.build_bm25_index(corpus, tmp_path / "index", m.tokenizer, "paragraphs", 64)
+    ret = flashback.open_index(tmp_path / "index")
+    prompts = ["Once upon a time, a little dog", "Tom and Sue", m.encode("The cat slept")]
+    for mode in ("append", "prepend", "none"):
+        got = flashback.generate_batch(m, ret, prompts, 20, mode=mode, stride=4)
+        assert len(got) == 3
+        for p, (ids, stats) in zip(prompts, got):
+            want_ids, want_stats = flashback.generate(m, ret, p, 20, mode=mode, stride=4)
+            assert ids == want_ids, (mode, p)
+            assert [r["titles"] for r in stats["retrieved"]] == [r["titles"] for r in want_stats["retrieved"]]
+            assert stats["retrievals"] == want_stats["retrievals"]
+            assert stats["batch"]["max_sequences"] == 3
+        assert (got[0][1]["retrievals"] > 0) == (mode != "none")
+    sampled = flashback.generate_batch(m, ret, [prompts[0]] * 2, 16, temperature=1.0, seed=7)
+    for i, (ids, _) in enumerate(sampled):
+        assert ids == flashback.generate(m, ret, prompts[0], 16, temperature=1.0, seed=7 + i)[0]
+    assert sampled[0][0] != sampled[1][0]
+    assert flashback.generate_batch(m, ret, [], 8) == []
+    with pytest.raises(flashback.InvalidArgument, match="outside the vocabulary"):
+        flashback.generate_batch(m, None, [[1, 2], [1, 100000]], 4)
+
+
 def test_kernels_switch_gives_the_same_decode():
     """Cached decode with the hand-written kernels and with LibTorch's ops: the same logits (fp32 rounding)."""
     m = LlamaForCausalLM.from_pretrained(STORIES).eval()
