@@ -73,6 +73,37 @@ def test_side_by_side(data):
     assert table[1].startswith("prepend") and table[2].startswith("append")
 
 
+def test_prompts_file_runs_batched_streams_equal_to_single_runs(data, tmp_path):
+    """--prompts-file: every prompt as a batched stream; each JSON line's ids and retrievals are those of the
+    prompt's own --prompt run (greedy)."""
+    prompts = [PROMPT, "Tom had a big red ball.", "The cat sat in the sun and"]
+    f = tmp_path / "prompts.txt"
+    f.write_text(prompts[0] + "\n\n" + prompts[1] + "\r\n" + prompts[2] + "\n")  # blank lines skipped, CRLF too
+    for mode in ("append", "prepend"):
+        args = ("--mode", mode, "--stride", "8", "--doc-tokens", "32", "-n", "24")
+        out = run("ralm", "--model", MODEL, "--index", data / "index", "--prompts-file", f, "--json", *args).stdout
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [r["prompt_index"] for r in lines] == [0, 1, 2]
+        for p, got in zip(prompts, lines):
+            want = json.loads(run("ralm", "--model", MODEL, "--index", data / "index", "--prompt", p, "--json",
+                                  *args).stdout)
+            assert got["ids"] == want["ids"] and got["text"] == want["text"], (mode, p)
+            assert [r["titles"] for r in got["retrievals"]] == [r["titles"] for r in want["retrievals"]]
+            assert got["stats"]["retrievals"] == want["stats"]["retrievals"] == 3
+    text = run("ralm", "--model", MODEL, "--index", data / "index", "--prompts-file", f, "-n", "8",
+               "--mode", "prepend,append")
+    assert text.stdout.count("== append + marks, prompt ") == 3 and "batch s" in text.stdout
+    assert "3 prompts as batched streams" in text.stderr
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    fails("ralm", "--model", MODEL, "--index", data / "index", "--prompts-file", blank, contains=["blank.txt", "no prompts"])
+    fails("ralm", "--model", MODEL, "--index", data / "index", "--prompts-file", tmp_path / "gone.txt",
+          contains=["gone.txt"])
+    fails("ralm", "--model", MODEL, "--index", data / "index", "--prompts-file", f, "--prompt", "x",
+          contains=["--prompt or --prompts-file"])
+    fails("ralm", "--model", MODEL, "--index", data / "index", contains=["--prompt or --prompts-file"])
+
+
 def test_bad_input(data, tmp_path):
     base = ("--model", MODEL, "--prompt", "x", "-n", "4")
     fails("ralm", *base, "--mode", "append", contains=["--index is required"])
