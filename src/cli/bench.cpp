@@ -76,6 +76,17 @@ RalmOptions bench_options(ContextMode mode, const BenchRalmArgs& a) {
   return o;
 }
 
+// Positions the model must hold: the cache's slots, and below the input the
+// room a block placed before it keeps (doc_positions before: resolve's offset).
+int64_t positions_needed(const BenchRalmArgs& a) {
+  int64_t n = 0;
+  for (ContextMode m : {ContextMode::Append, ContextMode::Prepend, ContextMode::None}) {
+    const ContextOptions c = ContextOptions::resolve(m, bench_options(m, a), a.capacity());
+    n = std::max(n, c.position_offset + c.max_length);
+  }
+  return n;
+}
+
 GenerateOptions bench_generation(const BenchRalmArgs& a) {
   GenerateOptions g;
   g.max_new_tokens = a.to_generate();
@@ -214,7 +225,8 @@ void bench_ralm(const BenchRalmArgs& a) {
   const std::vector<ContextMode> modes = parse_context_modes(a.modes);
   const int threads = init_threads(a.threads);
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
-  LlamaForCausalLM model = bench::bench_model(a.model, a.config, a.dtype, a.seed, a.capacity(), a.device, a.keep_quantized);
+  LlamaForCausalLM model =
+      bench::bench_model(a.model, a.config, a.dtype, a.seed, positions_needed(a), a.device, a.keep_quantized);
   KVCacheStore cache = model->make_cache(1, a.capacity());
   const int64_t weight_bytes = bench::weight_bytes(*model);
 

@@ -9,7 +9,7 @@ import json
 import statistics
 
 import pytest
-from fbtest import REPO, SHARED, fails, find_cli, run
+from fbtest import REPO, SHARED, STORIES, fails, find_cli, run
 
 SMALL = "hidden=32,layers=2,heads=4,kv_heads=2,ffn=64,vocab=300"
 # SMALL's parameters, by hand: per layer q 32x32 + k, v 16x32 + o 32x32 + gate, up 64x32 + down 32x64 + two
@@ -39,6 +39,17 @@ def test_bench_ralm_accounting_and_json():
     assert p["first_place_tokens"] == 140 and p["tokens_reencoded"] == 2120
     assert j["speedup_append_over_prepend"] == pytest.approx(statistics.median(p["seconds_all"]) /
                                                              statistics.median(a["seconds_all"]))
+
+
+def test_bench_ralm_at_the_configs_maximum_length():
+    """total = the config's max_pos (3584/4096 on a 4096-position config): the random model is given the positions
+    the run needs, the cache's slots and the documents' room below the input, instead of failing."""
+    j = json.loads(run("bench", "ralm", "--config", SMALL + ",max_pos=256", "--init", 200, "--total", 256,
+                       "--doc", 24, "--json", "--threads", 1).stdout)
+    assert {m["mode"]: m["generated"] for m in j["modes"]} == {"append": 32, "prepend": 32}
+    # A checkpoint holds what it holds: one line naming it and the positions needed (256 + 2 + 16 slots, 26 below).
+    fails("bench", "ralm", "--model", STORIES / "stories260K.bin", "--init", 400, "--total", 512, "--doc", 24,
+          contains=("stories260K.bin", "holds 512 positions", "needs 556"))
 
 
 def test_bench_ralm_bad_arguments():
