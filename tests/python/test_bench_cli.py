@@ -183,6 +183,10 @@ def test_standard_script_quick(tmp_path):
     assert md2.count("<!-- standard:begin -->") == 1 and "prose before" in md2 and "prose after" in md2
     # --only reruns one part (here with 2 repeats, so the rerun shows) and keeps the others as they were.
     before = json.loads((tmp_path / "bench/standard.json").read_text())
+    assert set(before["part_dates"].values()) == {before["date"]}  # a full run: every part measured then
+    assert sorted(before["part_dates"]) == ["decode", "prefill", "ralm:48/160", "ralm:96/256"]
+    before["part_dates"] = {p: "2000-01-01 00:00 UTC" for p in before["part_dates"]}  # as if measured long ago
+    (tmp_path / "bench/standard.json").write_text(json.dumps(before))
     subprocess.run([sys.executable, str(script), "--quick", "--repeats", "2", "--flashback", str(find_cli()), "--out",
                     str(tmp_path), "--from-json", str(tmp_path / "bench/standard.json"), "--only", "ralm:48/160"],
                    check=True, capture_output=True, env={**os.environ, "FLASHBACK_THREADS": "1"})
@@ -191,6 +195,12 @@ def test_standard_script_quick(tmp_path):
     assert after["ralm"][1] == before["ralm"][1] and after["decode"] == before["decode"]
     assert after["ralm"][0]["repeats"] == 2 and len(after["ralm"][0]["modes"][0]["seconds_all"]) == 2
     assert before["ralm"][0]["repeats"] == 1
+    # Each part keeps the date it was measured; the block says which parts are from when.
+    assert after["part_dates"]["ralm:48/160"] == after["date"] != "2000-01-01 00:00 UTC"
+    assert {p: d for p, d in after["part_dates"].items() if p != "ralm:48/160"} == {
+        "decode": "2000-01-01 00:00 UTC", "prefill": "2000-01-01 00:00 UTC", "ralm:96/256": "2000-01-01 00:00 UTC"}
+    md3 = (tmp_path / "performance.md").read_text()
+    assert f"decode, prefill, ralm:96/256 on 2000-01-01 00:00 UTC; ralm:48/160 on {after['date']}" in md3
 
 
 def test_peers_script_quick(tmp_path):
@@ -224,3 +234,18 @@ def test_peers_script_quick(tmp_path):
     assert a["flashback"] == pytest.approx(ralm["prepend"]["flashback"]["median"] / ralm["append"]["flashback"]["median"])
     md = (tmp_path / "performance.md").read_text()
     assert md.count("<!-- peers:begin -->") == 1 and f"**{m['workloads'][0]['ratio']:.2f}x**" in md
+    # --from-json with --models reruns those models and keeps the others, each with the date it was measured.
+    other = {**m, "key": "other", "label": "other model", "date": "2000-01-01 00:00 UTC"}
+    (tmp_path / "bench/peers.json").write_text(json.dumps({**res, "models": [other, m]}))
+    rerun = [sys.executable, str(script), "--quick", "--flashback", str(find_cli()), "--out", str(tmp_path),
+             "--from-json", str(tmp_path / "bench/peers.json"), "--models", "fp32"]
+    proc = subprocess.run(rerun + ["--repeats", "2"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FLASHBACK_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads((tmp_path / "bench/peers.json").read_text())
+    assert [x["label"] for x in merged["models"]] == ["other model", "stories260K F32"]
+    assert merged["models"][0] == other and merged["models"][1]["date"] == merged["date"] != other["date"]
+    assert "other model (flashback: `--dtype fp32`, measured 2000-01-01 00:00 UTC on " in (tmp_path / "performance.md").read_text()
+    proc = subprocess.run(rerun + ["--repeats", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "2 repeats" in proc.stderr  # not comparable: refused, nothing written
+    assert json.loads((tmp_path / "bench/peers.json").read_text()) == merged
