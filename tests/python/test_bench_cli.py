@@ -157,16 +157,22 @@ def test_bench_retrieve_smoke(tmp_path):
     fails("bench", "retrieve", "--index", index, "--text", tmp_path / "missing.txt", contains=("missing.txt",))
 
 
-def test_standard_script_quick(tmp_path):
+def run_script(script, *args, threads_env=True, check=True):
+    """benchmarks/<script> with this Python, the CLI under test and one LibTorch thread; the finished process."""
     import os
     import subprocess
     import sys
 
-    script = REPO / "benchmarks/standard.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1", "--flashback", str(find_cli()),
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FLASHBACK_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
+    env = {**os.environ, "FLASHBACK_THREADS": "1"} if threads_env else None
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_standard_script_quick(tmp_path):
+    run_script("standard.py", "--quick", "--repeats", 1, "--flashback", find_cli(), "--out", tmp_path)
     res = json.loads((tmp_path / "bench/standard.json").read_text())
     assert [d["dtype"] for d in res["decode"]] == ["fp32", "bf16"]
     assert [(r["init"], r["total"]) for r in res["ralm"]] == [(48, 160), (96, 256)]
@@ -177,8 +183,7 @@ def test_standard_script_quick(tmp_path):
         assert f"**{r['speedup_append_over_prepend']:.2f}x**" in md
     # Re-rendering keeps one generated block and the text around it.
     (tmp_path / "performance.md").write_text("# Title\n\nprose before\n\n" + md[md.index("<!-- standard:begin"):] + "\nprose after\n")
-    subprocess.run([sys.executable, str(script), "--from-json", str(tmp_path / "bench/standard.json"), "--out",
-                    str(tmp_path)], check=True, capture_output=True)
+    run_script("standard.py", "--from-json", tmp_path / "bench/standard.json", "--out", tmp_path, threads_env=False)
     md2 = (tmp_path / "performance.md").read_text()
     assert md2.count("<!-- standard:begin -->") == 1 and "prose before" in md2 and "prose after" in md2
     # --only reruns one part (here with 2 repeats, so the rerun shows) and keeps the others as they were.
@@ -187,9 +192,8 @@ def test_standard_script_quick(tmp_path):
     assert sorted(before["part_dates"]) == ["decode", "prefill", "ralm:48/160", "ralm:96/256"]
     before["part_dates"] = {p: "2000-01-01 00:00 UTC" for p in before["part_dates"]}  # as if measured long ago
     (tmp_path / "bench/standard.json").write_text(json.dumps(before))
-    subprocess.run([sys.executable, str(script), "--quick", "--repeats", "2", "--flashback", str(find_cli()), "--out",
-                    str(tmp_path), "--from-json", str(tmp_path / "bench/standard.json"), "--only", "ralm:48/160"],
-                   check=True, capture_output=True, env={**os.environ, "FLASHBACK_THREADS": "1"})
+    run_script("standard.py", "--quick", "--repeats", 2, "--flashback", find_cli(), "--out", tmp_path,
+               "--from-json", tmp_path / "bench/standard.json", "--only", "ralm:48/160")
     after = json.loads((tmp_path / "bench/standard.json").read_text())
     assert [(r["init"], r["total"]) for r in after["ralm"]] == [(48, 160), (96, 256)]
     assert after["ralm"][1] == before["ralm"][1] and after["decode"] == before["decode"]
@@ -206,16 +210,8 @@ def test_standard_script_quick(tmp_path):
 def test_peers_script_quick(tmp_path):
     """benchmarks/peers.py beside llama.cpp on stories260K's GGUF: both engines run the same workloads and the
     paper's test re-encodes and decodes the same token counts in both (the script refuses to report otherwise)."""
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install_references.sh)")
-    script = REPO / "benchmarks/peers.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "2", "--flashback", str(find_cli()),
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FLASHBACK_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
+    run_script("peers.py", "--quick", "--repeats", 2, "--flashback", find_cli(), "--out", tmp_path)
     res = json.loads((tmp_path / "bench/peers.json").read_text())
     (m,) = res["models"]
     assert [e["workload"] for e in m["workloads"]] == ["decode@32", "prefill 64", "append 48/160", "prepend 48/160"]
@@ -237,15 +233,13 @@ def test_peers_script_quick(tmp_path):
     # --from-json with --models reruns those models and keeps the others, each with the date it was measured.
     other = {**m, "key": "other", "label": "other model", "date": "2000-01-01 00:00 UTC"}
     (tmp_path / "bench/peers.json").write_text(json.dumps({**res, "models": [other, m]}))
-    rerun = [sys.executable, str(script), "--quick", "--flashback", str(find_cli()), "--out", str(tmp_path),
-             "--from-json", str(tmp_path / "bench/peers.json"), "--models", "fp32"]
-    proc = subprocess.run(rerun + ["--repeats", "2"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FLASHBACK_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
+    rerun = ("--quick", "--flashback", find_cli(), "--out", tmp_path, "--from-json", tmp_path / "bench/peers.json",
+             "--models", "fp32")
+    run_script("peers.py", *rerun, "--repeats", 2)
     merged = json.loads((tmp_path / "bench/peers.json").read_text())
     assert [x["label"] for x in merged["models"]] == ["other model", "stories260K F32"]
     assert merged["models"][0] == other and merged["models"][1]["date"] == merged["date"] != other["date"]
     assert "other model (flashback: `--dtype fp32`, measured 2000-01-01 00:00 UTC on " in (tmp_path / "performance.md").read_text()
-    proc = subprocess.run(rerun + ["--repeats", "3"], capture_output=True, text=True, timeout=600)
+    proc = run_script("peers.py", *rerun, "--repeats", 3, threads_env=False, check=False)
     assert proc.returncode != 0 and "2 repeats" in proc.stderr  # not comparable: refused, nothing written
     assert json.loads((tmp_path / "bench/peers.json").read_text()) == merged
