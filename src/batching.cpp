@@ -45,8 +45,9 @@ at::Tensor StreamBatcher::Stream::logits(const at::Tensor& hidden) {
 
 const LlamaConfig& StreamBatcher::Stream::config() const { return batcher_->model_->config(); }
 at::Device StreamBatcher::Stream::device() const { return batcher_->model_->device(); }
-KVCacheStore StreamBatcher::Stream::make_cache(int64_t batch, int64_t capacity) const {
-  return batcher_->model_->make_cache(batch, capacity);
+KVCacheStore StreamBatcher::Stream::make_cache(int64_t batch, int64_t capacity,
+                                              std::optional<at::ScalarType> kv_dtype) const {
+  return batcher_->model_->make_cache(batch, capacity, kv_dtype);
 }
 
 at::Tensor StreamBatcher::call(int64_t i, Request request) {

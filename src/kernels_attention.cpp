@@ -39,8 +39,8 @@ bool causal_attention_usable(const at::Tensor& q, const at::Tensor& k, const at:
   return q.is_cpu() && k.is_cpu() && v.is_cpu() && D % 8 == 0 && D > 0 && D <= kMaxHeadDim && k.size(3) == D &&
          k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) > 0 && q.size(1) % k.size(1) == 0 &&
          q.size(2) >= 1 && start >= 0 && start + q.size(2) == k.size(2) && q.stride(3) == 1 && k.stride(3) == 1 &&
-         v.stride(3) == 1 && q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type() &&
-         dtype_ok(q) && no_grad_needed({&q, &k, &v});
+         v.stride(3) == 1 && k.scalar_type() == v.scalar_type() && dtype_ok(q) && dtype_ok(k) &&
+         no_grad_needed({&q, &k, &v});
 }
 
 #ifdef FLASHBACK_X86_KERNELS
@@ -145,7 +145,8 @@ FB_AVX2 void pack_values(const KT* V, int64_t ldv, int64_t n, int64_t D, float* 
     for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(Vf + j * D + d, load8(V + j * ldv + d));
 }
 
-template <class E>
+// E: the queries' and the output's type; KT: the cache's (kv_dtype may differ).
+template <class E, class KT>
 void causal_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
                            at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
@@ -153,14 +154,14 @@ void causal_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::T
   const int64_t tq = std::max<int64_t>(1, kRowTarget / G);  // query slots per item
   const int64_t nqb = (T + tq - 1) / tq;
   const E* Q = q.data_ptr<E>();
-  const E* K = k.data_ptr<E>();
-  const E* V = v.data_ptr<E>();
+  const KT* K = k.data_ptr<KT>();
+  const KT* V = v.data_ptr<KT>();
   E* O = out.data_ptr<E>();  // contiguous [B, H, T, D]
   const float scale = 1.0f / std::sqrt(float(D));
   at::parallel_for(0, B * Hkv * nqb, 1, [&](int64_t i0, int64_t i1) {
     const int64_t rows = G * tq;
     std::vector<float> qf(rows * D), of(rows * D), sc(rows * kKeyBlock), m(rows), l(rows);
-    std::vector<float> kt(D * kKeyBlock), vf(std::is_same_v<E, float> ? 0 : kKeyBlock * D);
+    std::vector<float> kt(D * kKeyBlock), vf(std::is_same_v<KT, float> ? 0 : kKeyBlock * D);
     for (int64_t i = i0; i < i1; ++i) {
       // Per (batch row, KV head) the query blocks go 0, n-1, 1, n-2, ...:
       // cheap and expensive blocks alternate, so any contiguous range of
@@ -178,15 +179,15 @@ void causal_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::T
       std::fill(of.begin(), of.begin() + R * D, 0.0f);
       std::fill(m.begin(), m.begin() + R, -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.begin() + R, 0.0f);
-      const E* Kh = K + b * k.stride(0) + kvh * k.stride(1);
-      const E* Vh = V + b * v.stride(0) + kvh * v.stride(1);
+      const KT* Kh = K + b * k.stride(0) + kvh * k.stride(1);
+      const KT* Vh = V + b * v.stride(0) + kvh * v.stride(1);
       const int64_t visible = start + t0 + nt;  // keys [0, visible) are seen by some row of the block
       for (int64_t j0 = 0; j0 < visible; j0 += kKeyBlock) {
         const int64_t nk = std::min(kKeyBlock, visible - j0), nc = (nk + 15) / 16;
         pack_keys(Kh + j0 * k.stride(2), k.stride(2), nk, nc, D, kt.data());
         const float* vb;
         int64_t ldv;
-        if constexpr (std::is_same_v<E, float>) {
+        if constexpr (std::is_same_v<KT, float>) {
           vb = Vh + j0 * v.stride(2);
           ldv = v.stride(2);
         } else {
@@ -218,10 +219,16 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(causal_attention_usable(q, k, v, start), "flashback::kernels::causal_attention: unsupported inputs");
   at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));  // [B, H, T, D]
 #ifdef FLASHBACK_X86_KERNELS
-  if (q.scalar_type() == at::kFloat)
-    causal_attention_impl<float>(q, k, v, start, out);
+  using BF = c10::BFloat16;
+  const bool qf = q.scalar_type() == at::kFloat, kf = k.scalar_type() == at::kFloat;
+  if (qf && kf)
+    causal_attention_impl<float, float>(q, k, v, start, out);
+  else if (qf)
+    causal_attention_impl<float, BF>(q, k, v, start, out);
+  else if (kf)
+    causal_attention_impl<BF, float>(q, k, v, start, out);
   else
-    causal_attention_impl<c10::BFloat16>(q, k, v, start, out);
+    causal_attention_impl<BF, BF>(q, k, v, start, out);
 #endif
   return out;
 }

@@ -408,10 +408,11 @@ at::Tensor LlamaForCausalLMImpl::forward(const at::Tensor& tokens, const at::Ten
   return logits(hidden_states(tokens, positions, nullptr));
 }
 
-KVCacheStore LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const {
+KVCacheStore LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity,
+                                              std::optional<at::ScalarType> kv_dtype) const {
   if (capacity <= 0) capacity = config_.max_position_embeddings;
   return KVCacheStore(config_.num_hidden_layers, batch, config_.num_key_value_heads, capacity, config_.head_dim,
-                      at::TensorOptions().dtype(options_.dtype).device(options_.device));
+                      at::TensorOptions().dtype(kv_dtype.value_or(options_.dtype)).device(options_.device));
 }
 
 void LlamaForCausalLMImpl::init_random(uint64_t seed) {

@@ -100,8 +100,11 @@ at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   // LibTorch 2.x's fused attention: off the CPU always; on it, for several query rows (its flash kernel
   // measured 1.2-2.2x faster than the blocks below at T = 16..2048, fp32 and bf16: docs/performance.md);
   // one decode row keeps the kernel above.
-  if (compat::kHasSdpa && (!q.is_cpu() || q.size(2) > 1)) return fused_causal_attention(q, k, v, start);
-  return grouped_causal_attention(q, k, v, start);
+  // A cache kept in another dtype (kv_dtype) is converted to the queries' for LibTorch's ops (the kernels
+  // above read it as it is stored).
+  const at::Tensor kq = k.to(q.scalar_type()), vq = v.to(q.scalar_type());  // [B, Hkv, S, D]
+  if (compat::kHasSdpa && (!q.is_cpu() || q.size(2) > 1)) return fused_causal_attention(q, kq, vq, start);
+  return grouped_causal_attention(q, kq, vq, start);
 }
 
 namespace {

@@ -236,6 +236,50 @@ TEST_CASE("RALM generation and evaluation: KV reuse equals recomputing the layou
   }
 }
 
+TEST_CASE("kv_dtype bf16 on an fp32 model: half the cache, KV reuse near recomputing, scores near the fp32 cache's",
+          "[context][exact]") {
+  PoolRetriever pool(kPool);
+  Setup s = random_gqa(21, true);
+  const auto prompt = encode(s.tok, "Once upon a time, Lily went to the park.");
+  const auto text = encode(s.tok, kStory);
+  RalmOptions wide;
+  wide.stride = 8;
+  wide.query_tokens = 16;
+  wide.doc_tokens = 24;
+  wide.max_length = 200;
+  RalmOptions fast = wide;
+  fast.kv_dtype = "bf16";
+  RalmOptions ref = fast;
+  ref.kv_reuse = false;
+  KVCacheStore narrow_cache = make_context_cache(*s.model, fast), wide_cache = make_context_cache(*s.model, wide);
+  CHECK(narrow_cache.options().dtype() == at::kBFloat16);
+  CHECK(wide_cache.options().dtype() == at::kFloat);
+  CHECK(2 * narrow_cache.bytes_allocated() == wide_cache.bytes_allocated());
+  // Reuse and recomputing store nearly the same values: a key computed in another chunk differs in its last fp32
+  // bits and may round to the other bf16 neighbour, so the two agree to bf16's rounding, not to fp32's.
+  auto a1 = run_generate<AppendingContext>(s, fast, &pool, prompt, 40);
+  auto a2 = run_generate<AppendingContext>(s, ref, &pool, prompt, 40);
+  CHECK(a1.ids == a2.ids);
+  auto p1 = run_generate<PrependingContext>(s, fast, &pool, prompt, 40);
+  auto p2 = run_generate<PrependingContext>(s, ref, &pool, prompt, 40);
+  CHECK(p1.ids == p2.ids);
+  for (ContextMode mode : {ContextMode::Append, ContextMode::Prepend}) {
+    INFO(context_mode_name(mode));
+    auto eval = [&](const RalmOptions& ro) {
+      return mode == ContextMode::Append ? run_eval<AppendingContext>(s, ro, &pool, text)
+                                         : run_eval<PrependingContext>(s, ro, &pool, text);
+    };
+    const double reused = eval(fast).nll(), recomputed = eval(ref).nll(), fp32 = eval(wide).nll();
+    CHECK(std::abs(reused - recomputed) < 1e-3 * fp32);
+    // bf16 keys and values (8 bits of mantissa) move the mean NLL a little, and do move it: the cache is bf16.
+    CHECK(std::abs(reused - fp32) < 1e-2 * fp32);
+    CHECK(reused != fp32);
+  }
+  RalmOptions bad = wide;
+  bad.kv_dtype = "int8";
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("kv_dtype: unknown dtype 'int8'"));
+}
+
 TEST_CASE("doc positions before: the token after a block is predicted as without documents", "[context][positions]") {
   // The block sits below the input in position and the prediction after place()
   // comes from the input's last slot: RoPE sees only relative positions, so it

@@ -90,11 +90,14 @@ TEST_CASE("decode attention matches softmax(q k^T / sqrt(D)) v over strided cach
   };
   for (const Case& c : {Case{1, 12, 12, 513, 64}, Case{2, 8, 2, 37, 8}, Case{1, 4, 1, 1, 16}, Case{3, 6, 3, 200, 72},
                         Case{1, 2, 2, 9, 128}}) {
-    for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    // Queries and the cache in one dtype, and a cache kept in the other (kv_dtype).
+    for (auto [dt, kvt] : {std::pair{at::kFloat, at::kFloat}, std::pair{at::kBFloat16, at::kBFloat16},
+                           std::pair{at::kFloat, at::kBFloat16}, std::pair{at::kBFloat16, at::kFloat}}) {
+      INFO("q " << dt << " cache " << kvt);
       at::Tensor q = at::randn({c.B, c.H, 1, c.D}).to(dt);
       // The cache: [B, Hkv, capacity, D] buffers, read through [0, S) views.
-      at::Tensor kbuf = at::randn({c.B, c.Hkv, c.S + 17, c.D}).to(dt);
-      at::Tensor vbuf = at::randn({c.B, c.Hkv, c.S + 17, c.D}).to(dt);
+      at::Tensor kbuf = at::randn({c.B, c.Hkv, c.S + 17, c.D}).to(kvt);
+      at::Tensor vbuf = at::randn({c.B, c.Hkv, c.S + 17, c.D}).to(kvt);
       at::Tensor k = kbuf.narrow(2, 0, c.S), v = vbuf.narrow(2, 0, c.S);
       REQUIRE(kernels::decode_attention_usable(q, k, v));
       const int64_t G = c.H / c.Hkv;
@@ -134,22 +137,25 @@ TEST_CASE("causal attention matches softmax(q k^T / sqrt(D) + mask) v in fp64 ov
                                    {1, 12, 12, 146, 1500, 64}, {1, 9, 3, 70, 0, 64}, {1, 2, 1, 130, 64, 32},
                                    {1, 3, 1, 5, 200, 128}, {1, 80, 1, 3, 10, 8},     {2, 4, 2, 65, 63, 72},
                                    {1, 2, 2, 1, 0, 64}};
-  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+  // Queries and the cache in one dtype, and a cache kept in the other (kv_dtype).
+  for (auto [dt, kvt] : {std::pair{at::kFloat, at::kFloat}, std::pair{at::kBFloat16, at::kBFloat16},
+                         std::pair{at::kFloat, at::kBFloat16}, std::pair{at::kBFloat16, at::kFloat}}) {
     for (const Case& c : cases) {
-      INFO("dtype " << dt << " B " << c.B << " H " << c.H << " Hkv " << c.Hkv << " T " << c.T << " start " << c.start
+      INFO("q " << dt << " cache " << kvt << " B " << c.B << " H " << c.H << " Hkv " << c.Hkv << " T " << c.T << " start " << c.start
                     << " D " << c.D);
       at::manual_seed(c.T * 31 + c.start);
       const int64_t S = c.start + c.T;
       // q as the model makes it, and as a view with heads and slots swapped; k, v: a cache's first S slots.
       at::Tensor q = at::randn({c.B, c.T, c.H, c.D}).mul(2).to(dt).transpose(1, 2);  // [B, H, T, D], strided
-      at::Tensor kbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).mul(2).to(dt), vbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).to(dt);
+      at::Tensor kbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).mul(2).to(kvt), vbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).to(kvt);
       at::Tensor k = kbuf.narrow(2, 0, S), v = vbuf.narrow(2, 0, S);
       REQUIRE(kernels::causal_attention_usable(q, k, v, c.start));
       at::Tensor got = kernels::causal_attention(q, k, v, c.start);
       CHECK(got.scalar_type() == dt);
       CHECK(got.sizes() == q.sizes());
       CHECK(got.is_contiguous());
-      // fp32: summation order only; bf16: the output's one rounding (values up to ~4, 2^-8 relative).
+      // fp32 out: summation order only (the reference reads the same stored values); bf16 out: its one
+      // rounding (values up to ~4, 2^-8 relative).
       CHECK(max_abs_diff(got, reference_causal_attention(q, k, v, c.start)) < (dt == at::kFloat ? 2e-5 : 2e-2));
     }
   }
@@ -159,7 +165,8 @@ TEST_CASE("causal attention matches softmax(q k^T / sqrt(D) + mask) v in fp64 ov
   CHECK_FALSE(kernels::causal_attention_usable(q, k, k, 2));                                  // start + T != S
   CHECK_FALSE(kernels::causal_attention_usable(at::randn({1, 4, 2, 6}), at::randn({1, 2, 5, 6}), at::randn({1, 2, 5, 6}), 3));  // D % 8
   CHECK_FALSE(kernels::causal_attention_usable(at::randn({1, 3, 2, 8}), k, k, 3));            // H not a multiple of Hkv
-  CHECK_FALSE(kernels::causal_attention_usable(q, k.to(at::kBFloat16), k.to(at::kBFloat16), 3));  // mixed dtypes
+  CHECK(kernels::causal_attention_usable(q, k.to(at::kBFloat16), k.to(at::kBFloat16), 3));  // a bf16 cache
+  CHECK_FALSE(kernels::causal_attention_usable(q, k.to(at::kBFloat16), k, 3));              // k and v differ
   CHECK_FALSE(kernels::causal_attention_usable(q.to(at::kDouble), k.to(at::kDouble), k.to(at::kDouble), 3));
   {
     c10::AutoGradMode grad(true);
@@ -341,9 +348,9 @@ TEST_CASE("decode steps and chunked prefills agree with the kernels on and off",
     LlamaForCausalLM whole(tiny_config(64, 2, 8, 2, 97, 128), whole_opts);
     whole->init_random(3);
     at::Tensor tokens = at::randint(0, 97, {1, 48}, at::kLong);
-    auto run = [&](LlamaForCausalLMImpl& model, bool on) {
+    auto run = [&](LlamaForCausalLMImpl& model, bool on, std::optional<at::ScalarType> kv = std::nullopt) {
       model.set_kernels(on ? Kernels::Auto : Kernels::LibTorch);
-      KVCacheStore cache = model.make_cache(1, 64);
+      KVCacheStore cache = model.make_cache(1, 64, kv);
       std::vector<at::Tensor> outs = {model.forward(tokens.narrow(1, 0, 40), {}, cache)};  // [1, 40, V]
       for (int64_t t = 40; t < 48; ++t) outs.push_back(model.forward(tokens.narrow(1, t, 1), {}, cache));  // [1, 1, V]
       CHECK(cache.size() == 48);
@@ -357,6 +364,12 @@ TEST_CASE("decode steps and chunked prefills agree with the kernels on and off",
     at::Tensor full = whole->forward(tokens);
     CHECK(max_abs_diff(fast, full) < tol);
     if (dt == at::kFloat) CHECK(fast.argmax(-1).equal(full.argmax(-1)));
+    // The cache in the other dtype (kv_dtype): the kernels read it as stored, LibTorch's ops convert it; both
+    // see the same stored values.
+    const at::ScalarType other = dt == at::kFloat ? at::kBFloat16 : at::kFloat;
+    at::Tensor fast_kv = run(*m, true, other), slow_kv = run(*m, false, other);
+    CHECK(max_abs_diff(fast_kv, slow_kv) < tol);
+    CHECK(max_abs_diff(fast_kv, fast) < 0.15);  // a bf16 cache moves fp32 logits by about bf16's rounding
   }
 }
 

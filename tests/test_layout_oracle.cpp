@@ -44,8 +44,8 @@ class RecordingModel {
   }
   const LlamaConfig& config() const { return config_; }
   at::Device device() const { return at::kCPU; }
-  KVCacheStore make_cache(int64_t batch, int64_t capacity) const {
-    return KVCacheStore(1, batch, 1, capacity, 1, at::TensorOptions().dtype(at::kFloat));
+  KVCacheStore make_cache(int64_t batch, int64_t capacity, std::optional<at::ScalarType> kv_dtype = std::nullopt) const {
+    return KVCacheStore(1, batch, 1, capacity, 1, at::TensorOptions().dtype(kv_dtype.value_or(at::kFloat)));
   }
 
   // tokens [1, T], positions [T] -> "hidden states" [1, T, 1]: the positions.

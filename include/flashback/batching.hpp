@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "flashback/config.hpp"
@@ -51,7 +52,8 @@ class StreamBatcher {
     at::Tensor logits(const at::Tensor& hidden);
     const LlamaConfig& config() const;
     at::Device device() const;
-    KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0) const;
+    KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0,
+                            std::optional<at::ScalarType> kv_dtype = std::nullopt) const;
     int64_t index() const { return index_; }
 
    private:

@@ -35,6 +35,7 @@
 // Templated over the model: anything with
 //   hidden_states(tokens [1, T], positions [T], KVCacheStore*) -> [1, T, C]
 //   logits(hidden [..., C]) -> [..., V],  config() (a LlamaConfig),  device()
+// and, for make_context_cache, make_cache(batch, capacity, kv_dtype)
 // (LlamaForCausalLMImpl; the tests' recording model). A context is one
 // sequence: not thread-safe; many contexts may share one model.
 #pragma once
@@ -359,14 +360,14 @@ std::unique_ptr<ContextBase<Model>> make_context(ContextMode mode, Model& model,
 }
 
 // A cache sized for contexts over `model` with `options`: max_length slots,
-// the most any mode resolves to (the one sizing rule).
+// the most any mode resolves to (the one sizing rule), in options.kv_dtype.
 template <class Model>
 KVCacheStore make_context_cache(const Model& model, const RalmOptions& options) {
   const int64_t max_positions = model.config().max_position_embeddings;
   int64_t slots = 0;
   for (ContextMode m : {ContextMode::Append, ContextMode::Prepend, ContextMode::None})
     slots = std::max(slots, ContextOptions::resolve(m, options, max_positions).max_length);
-  return model.make_cache(1, slots);
+  return model.make_cache(1, slots, RalmOptions::parse_kv_dtype(options.kv_dtype));
 }
 
 }  // namespace flashback

@@ -61,11 +61,14 @@ bool decode_attention_usable(const at::Tensor& q, const at::Tensor& k, const at:
 
 // Causal attention of one new query per head over all S cached slots.
 // q: [B, H, 1, D], k, v: [B, Hkv, S, D] (unit stride along D; H a multiple of
-// Hkv) -> [B, H, 1, D] in q's dtype. softmax(q k^T / sqrt(D)) v, in fp32.
+// Hkv; k and v of one dtype, maybe not q's) -> [B, H, 1, D] in q's dtype.
+// softmax(q k^T / sqrt(D)) v, in fp32.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // True when causal_attention(q, k, v, start) can run: an AVX2 + FMA CPU, the
-// shapes below, q, k, v of one dtype (float32/bfloat16), unit stride along D.
+// shapes below, q and k, v each float32 or bfloat16 (k and v of one dtype,
+// which may differ from q's: a cache kept in bf16 for an fp32 model), unit
+// stride along D.
 bool causal_attention_usable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
 
 // Causal attention of the queries of slots [start, start + T) over the keys

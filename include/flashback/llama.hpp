@@ -19,6 +19,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -177,9 +178,10 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   // The head over several hidden states at once (rows grouped as above).
   std::vector<at::Tensor> logits(const std::vector<at::Tensor>& hiddens);
 
-  // A cache for this model: [B, Hkv, capacity, D] per layer, in the model's
-  // dtype and device. capacity 0 = max_position_embeddings.
-  KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0) const;
+  // A cache for this model: [B, Hkv, capacity, D] per layer on its device, in
+  // kv_dtype (default: the model's dtype). capacity 0 = max_position_embeddings.
+  KVCacheStore make_cache(int64_t batch = 1, int64_t capacity = 0,
+                          std::optional<at::ScalarType> kv_dtype = std::nullopt) const;
 
   // Fills every parameter like HF's _init_weights (normal(0, 0.02), norms 1).
   void init_random(uint64_t seed);

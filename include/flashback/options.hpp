@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "flashback/dtype.hpp"
 #include "flashback/error.hpp"
 #include "flashback/layout.hpp"
 
@@ -29,6 +31,7 @@ struct RalmOptions {
   int64_t max_length = 0;
   double window_keep = 0.5;
   std::string doc_positions = "before";
+  std::string kv_dtype;  // "" or "auto": the model's dtype
 
   void validate() const {
     if (stride < 1) throw InvalidArgument("stride must be >= 1");
@@ -38,6 +41,16 @@ struct RalmOptions {
     if (max_length < 0) throw InvalidArgument("max_length must be >= 0 (0: the default)");
     if (!(window_keep > 0.0 && window_keep <= 1.0)) throw InvalidArgument("window_keep must be in (0, 1]");
     parse_doc_positions(doc_positions);
+    parse_kv_dtype(kv_dtype);
+  }
+
+  // kv_dtype's type: nullopt for "" and "auto" (the model's dtype).
+  static std::optional<at::ScalarType> parse_kv_dtype(const std::string& s) {
+    try {
+      return parse_dtype(s);
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(std::string("kv_dtype: ") + e.what());
+    }
   }
 };
 
@@ -63,6 +76,9 @@ inline const std::vector<OptionDoc>& ralm_option_docs() {
       {"doc_positions", "where RoPE puts appended documents: 'before' the input, at the positions a prepended "
                         "block would take (the token after the block is then predicted from the input's end), or "
                         "'after' it, at their slots (the paper's layout) [before]"},
+      {"kv_dtype", "the KV cache's element type: auto (the model's), fp32, bf16 or fp16; bf16 halves an fp32 "
+                   "model's cache and the bytes each decode step reads from it (scores and sums stay fp32; kv_reuse "
+                   "then agrees with recomputing to bf16's rounding) [auto]"},
   };
   return docs;
 }

@@ -27,6 +27,11 @@ void bind_contexts(py::module_& m);
 void bind_io(py::module_& m);
 
 // JSON text (the library's reports) as Python objects.
+// A dtype as torch spells it ("float32", "bfloat16", "float16").
+inline std::string dtype_name(at::ScalarType t) {
+  return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : "float16";
+}
+
 inline py::object from_json(const std::string& text) { return py::module_::import("json").attr("loads")(text); }
 
 }  // namespace flashback::python

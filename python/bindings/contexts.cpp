@@ -58,7 +58,8 @@ void bind_contexts(py::module_& m) {
       .def_property_readonly("options", [](OwnedContext& c) { return c.context->options(); })
       .def_property_readonly("mode", [](OwnedContext& c) { return context_mode_name(c.context->mode()); })
       .def("cache_size", [](OwnedContext& c) { return c.cache.size(); })
-      .def("cache_capacity", [](OwnedContext& c) { return c.cache.capacity(); });
+      .def("cache_capacity", [](OwnedContext& c) { return c.cache.capacity(); })
+      .def_property_readonly("cache_dtype", [](OwnedContext& c) { return dtype_name(c.cache.options().dtype().toScalarType()); });
 
   py::class_<DocumentSource, std::shared_ptr<DocumentSource>>(m, "DocumentSource")
       .def("documents", &DocumentSource::documents, py::arg("text"), release_gil(),

@@ -5,6 +5,7 @@
 #include "flashback/formats/ggml_types.hpp"
 #include "flashback/lora.hpp"
 #include "flashback/marking_token.hpp"
+#include "flashback/options.hpp"
 #include "flashback/peft.hpp"
 #include "flashback/pretrained.hpp"
 #include "flashback/shipped_adapters.hpp"
@@ -17,10 +18,6 @@ using ModelPtr = std::shared_ptr<Model>;
 
 // PEFT's adapter_config.json fields, as the adapter files write them.
 py::object lora_config_dict(const LoraConfig& c) { return from_json(adapter_config_json(c)); }
-
-std::string dtype_name(at::ScalarType t) {
-  return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : "float16";
-}
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -32,6 +29,8 @@ void bind_model(py::module_& m) {
       .def("size", &KVCacheStore::size)
       .def("capacity", &KVCacheStore::capacity)
       .def("batch", &KVCacheStore::batch)
+      .def_property_readonly("dtype", [](const KVCacheStore& c) { return dtype_name(c.options().dtype().toScalarType()); })
+      .def("bytes_allocated", &KVCacheStore::bytes_allocated)
       .def("truncate", &KVCacheStore::truncate, py::arg("n"));
 
   py::class_<Model, ModelPtr>(m, "Model")
@@ -64,7 +63,10 @@ void bind_model(py::module_& m) {
              return mm.hidden_states(tokens, positions.value_or(at::Tensor()), nullptr);
            }, py::arg("tokens"), py::arg("positions") = py::none(), release_gil())
       .def("logits", [](Model& mm, const at::Tensor& h) { return mm.logits(h); }, py::arg("hidden"), release_gil())
-      .def("make_cache", &Model::make_cache, py::arg("batch") = 1, py::arg("capacity") = 0)
+      .def("make_cache", [](const Model& mm, int64_t batch, int64_t capacity, const std::string& kv_dtype) {
+             return mm.make_cache(batch, capacity, RalmOptions::parse_kv_dtype(kv_dtype));
+           }, py::arg("batch") = 1, py::arg("capacity") = 0, py::arg("kv_dtype") = "",
+           "a KV cache for this model; kv_dtype '' or 'auto': the model's dtype")
       .def("train", [](Model& mm, bool on) { mm.train(on); }, py::arg("mode") = true)
       .def_property_readonly("training", [](const Model& mm) { return mm.is_training(); })
       .def("to", [](Model& mm, const std::string& device, const std::string& dtype) {

@@ -27,6 +27,7 @@ void bind_options(py::module_& m) {
   field(ro, "max_length", &RalmOptions::max_length);
   field(ro, "window_keep", &RalmOptions::window_keep);
   field(ro, "doc_positions", &RalmOptions::doc_positions);
+  field(ro, "kv_dtype", &RalmOptions::kv_dtype);
   ro.def("validate", &RalmOptions::validate);
   ro.def_property_readonly_static("fields", [](py::object) {
     py::list names;

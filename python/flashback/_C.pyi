@@ -20,7 +20,7 @@ class RalmOptions:
     """
     Retrieval-augmented generation and evaluation options (the paper's defaults).
     """
-    fields: typing.ClassVar[list] = ['stride', 'query_tokens', 'doc_tokens', 'k', 'marks', 'kv_reuse', 'max_length', 'window_keep', 'doc_positions']
+    fields: typing.ClassVar[list] = ['stride', 'query_tokens', 'doc_tokens', 'k', 'marks', 'kv_reuse', 'max_length', 'window_keep', 'doc_positions', 'kv_dtype']
     def __init__(self) -> None:
         ...
     def validate(self) -> None:
@@ -48,6 +48,14 @@ class RalmOptions:
         """
     @k.setter
     def k(self, arg0: int) -> None:
+        ...
+    @property
+    def kv_dtype(self) -> str:
+        """
+        the KV cache's element type: auto (the model's), fp32, bf16 or fp16; bf16 halves an fp32 model's cache and the bytes each decode step reads from it (scores and sums stay fp32; kv_reuse then agrees with recomputing to bf16's rounding) [auto]
+        """
+    @kv_dtype.setter
+    def kv_dtype(self, arg0: str) -> None:
         ...
     @property
     def kv_reuse(self) -> bool:
@@ -208,11 +216,16 @@ class Tokenizer:
 class KVCache:
     def batch(self) -> int:
         ...
+    def bytes_allocated(self) -> int:
+        ...
     def capacity(self) -> int:
         ...
     def size(self) -> int:
         ...
     def truncate(self, n: int) -> None:
+        ...
+    @property
+    def dtype(self) -> str:
         ...
 class Model:
     @staticmethod
@@ -232,8 +245,10 @@ class Model:
         ...
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         ...
-    def make_cache(self, batch: int = 1, capacity: int = 0) -> KVCache:
-        ...
+    def make_cache(self, batch: int = 1, capacity: int = 0, kv_dtype: str = '') -> KVCache:
+        """
+        a KV cache for this model; kv_dtype '' or 'auto': the model's dtype
+        """
     def mark_only_adapter_trainable(self) -> None:
         ...
     def merge_adapter(self) -> None:
@@ -322,6 +337,9 @@ class Context:
     def cache_capacity(self) -> int:
         ...
     def cache_size(self) -> int:
+        ...
+    @property
+    def cache_dtype(self) -> str:
         ...
     def hold(self, tokens: list[int]) -> None:
         """

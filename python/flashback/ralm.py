@@ -7,7 +7,7 @@
 
 The options are the C++ RalmOptions, the ones the CLI's flags set, with the same names, meanings and
 defaults (help(flashback.RalmOptions)): stride, query_tokens, doc_tokens, k, marks, kv_reuse,
-max_length, window_keep. They are taken as keywords (stride=8) or as a RalmOptions.
+max_length, window_keep, doc_positions, kv_dtype. They are taken as keywords (stride=8) or as a RalmOptions.
 
 A Context holds one sequence's KV cache and layout (append: FlashBack, prepend: In-Context RALM, none);
 `place(docs)` and `append(tokens)` return logits tensors, so custom loops are a few lines of Python.
@@ -74,7 +74,7 @@ class Context:
     """One sequence's layout and KV cache over a model (see docs/architecture.md).
 
     mode: "append" (FlashBack: documents after the input), "prepend" (In-Context RALM) or "none".
-    The cache holds exactly options.max_length slots."""
+    The cache holds exactly options.max_length slots, in kv_dtype (default: the model's dtype)."""
 
     def __init__(self, model: LlamaForCausalLM, mode: str = "append", options: Optional["_C.RalmOptions"] = None,
                  **kwargs) -> None:
@@ -84,6 +84,11 @@ class Context:
     @property
     def mode(self) -> str:
         return self._ctx.mode
+
+    @property
+    def cache_dtype(self) -> str:
+        """The KV cache's dtype ("float32", "bfloat16", ...): the kv_dtype option, else the model's."""
+        return self._ctx.cache_dtype
 
     @property
     def options(self) -> "_C.ContextOptions":

@@ -44,6 +44,7 @@ struct BenchRalmArgs {
   std::string config = bench::kDefaultConfig;
   std::string model;  // a checkpoint instead of random weights of `config`
   std::string dtype = "fp32";
+  std::string kv_dtype;  // "": the model's
   std::string device = "cpu";
   std::string modes = "append,prepend";
   std::vector<int64_t> streams;  // batched stream counts (--streams); empty: the solo runs only
@@ -73,6 +74,7 @@ RalmOptions bench_options(ContextMode mode, const BenchRalmArgs& a) {
   o.doc_tokens = a.doc;  // the room kept below the input (doc_positions before) fits the bench's documents
   o.window_keep = 1.0;
   o.marks = mode == ContextMode::Append;
+  o.kv_dtype = a.kv_dtype;
   return o;
 }
 
@@ -227,7 +229,8 @@ void bench_ralm(const BenchRalmArgs& a) {
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
   LlamaForCausalLM model =
       bench::bench_model(a.model, a.config, a.dtype, a.seed, positions_needed(a), a.device, a.keep_quantized);
-  KVCacheStore cache = model->make_cache(1, a.capacity());
+  // Every cache as the contexts size it: capacity() slots (bench_options' max_length), in --kv-dtype.
+  KVCacheStore cache = make_context_cache(*model, bench_options(ContextMode::Append, a));
   const int64_t weight_bytes = bench::weight_bytes(*model);
 
   // --streams: stream i of every batched run is checked against its own solo run.
@@ -237,7 +240,8 @@ void bench_ralm(const BenchRalmArgs& a) {
     max_streams = std::max(max_streams, n);
   }
   std::vector<KVCacheStore> stream_caches;
-  for (int64_t i = 0; i < (max_streams > 1 ? max_streams : 0); ++i) stream_caches.push_back(model->make_cache(1, a.capacity()));
+  for (int64_t i = 0; i < (max_streams > 1 ? max_streams : 0); ++i)
+    stream_caches.push_back(make_context_cache(*model, bench_options(ContextMode::Append, a)));
   std::map<ContextMode, std::vector<std::vector<int64_t>>> solo_ids;       // [mode][stream]
   std::map<std::pair<ContextMode, int64_t>, std::vector<StreamsRun>> batched;  // [(mode, n)][repeat]
   std::vector<std::string> mismatches;                 // what differed, for the error
@@ -284,6 +288,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   j["config"] = a.measured();
   j["parameters"] = model->config().num_parameters();
   j["dtype"] = a.dtype;
+  j["kv_dtype"] = RalmOptions::parse_kv_dtype(a.kv_dtype) ? a.kv_dtype : a.dtype;
   j["device"] = a.device;
   j["init"] = a.init;
   j["total"] = a.total;
@@ -359,6 +364,7 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_option("--kv-dtype", a->kv_dtype, ralm_option_help("kv_dtype"));
   cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--init", a->init, "input tokens at the start")->check(CLI::PositiveNumber);

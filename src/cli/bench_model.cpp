@@ -41,6 +41,7 @@ struct BenchModelArgs {
   std::string config = bench::kDefaultConfig;
   std::string model;  // a checkpoint instead of random weights of `config`
   std::string dtype = "fp32";
+  std::string kv_dtype;  // "": the model's
   std::string device = "cpu";
   int64_t tokens = 0;  // prefill length / decode steps (defaults per command)
   int64_t context = 512;
@@ -80,12 +81,14 @@ double gemm_flops(int64_t T, int64_t C, int64_t F, at::ScalarType dt) {
 struct Setup {
   LlamaConfig config;
   at::ScalarType dtype;
+  std::optional<at::ScalarType> kv_dtype;
   int threads;
   std::unique_ptr<LlamaForCausalLM> model;
 };
 
 Setup setup(const BenchModelArgs& a, int64_t positions) {
   Setup s;
+  s.kv_dtype = RalmOptions::parse_kv_dtype(a.kv_dtype);
   s.threads = init_threads(a.threads);
   s.model = std::make_unique<LlamaForCausalLM>(
       bench::bench_model(a.model, a.config, a.dtype, a.seed, positions, a.device, a.keep_quantized));
@@ -106,6 +109,7 @@ nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
   j["config"] = a.measured();
   j["parameters"] = s.config.num_parameters();
   j["dtype"] = a.dtype;
+  j["kv_dtype"] = s.kv_dtype ? a.kv_dtype : a.dtype;
   j["device"] = a.device;
   j["threads"] = s.threads;
   j["repeats"] = a.repeats;
@@ -150,7 +154,7 @@ void bench_prefill(BenchModelArgs a) {
   Setup s = setup(a, a.tokens);
   LlamaForCausalLMImpl& m = **s.model;
   const LlamaConfig& c = s.config;
-  KVCacheStore cache = m.make_cache(1, a.tokens);
+  KVCacheStore cache = m.make_cache(1, a.tokens, s.kv_dtype);
   at::Tensor prompt = at::randint(0, c.vocab_size, {1, a.tokens}, at::kLong);  // [1, T]
   const PrefillTiming pt = time_prefill(m, cache, prompt, a.repeats, /*with_gemm=*/true);
   const double secs = median(pt.seconds);
@@ -238,9 +242,9 @@ void bench_decode(BenchModelArgs a) {
   Setup s = setup(a, a.context + a.tokens);
   LlamaForCausalLMImpl& m = **s.model;
   const LlamaConfig& c = s.config;
-  KVCacheStore cache = m.make_cache(1, a.context + a.tokens);
+  KVCacheStore cache = m.make_cache(1, a.context + a.tokens, s.kv_dtype);
   at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
-  const double elem = double(c10::elementSize(s.dtype));
+  const double elem = double(c10::elementSize(cache.options().dtype().toScalarType()));
   // Every weight but the embedding table (a tied head reads it once, as the head, unless the head has
   // blocks of its own: keep_quantized).
   const bool table_is_head = c.tie_word_embeddings && !m.model->embed_tokens->head_quantized;
@@ -306,6 +310,7 @@ void add_common(CLI::App* cmd, const std::shared_ptr<BenchModelArgs>& a) {
   cmd->add_option("--config", a->config, "model config spec: hidden=,layers=,heads=,kv_heads=,ffn=,vocab=[,max_pos=]");
   cmd->add_option("--model,-m", a->model, bench::kModelHelp);
   cmd->add_option("--dtype", a->dtype, "fp32, bf16 or fp16");
+  cmd->add_option("--kv-dtype", a->kv_dtype, ralm_option_help("kv_dtype"));
   cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--repeats", a->repeats, "timed runs after a warm-up (median reported)")->check(CLI::Range(1, 100));

@@ -14,7 +14,7 @@ namespace flashback::cli {
 
 namespace {
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, dtype, device = "cpu";
+  std::string model, tokenizer, prompt, dtype, kv_dtype, device = "cpu";
   bool keep_quantized = false;
   GenerateOptions generation;
   int threads = 0;
@@ -22,6 +22,7 @@ struct GenerateArgs {
 };
 
 void run(const GenerateArgs& a) {
+  const std::optional<at::ScalarType> kv_dtype = RalmOptions::parse_kv_dtype(a.kv_dtype);  // before the model loads
   init_threads(a.threads);
   PretrainedOptions po;
   po.tokenizer = a.tokenizer;
@@ -32,7 +33,7 @@ void run(const GenerateArgs& a) {
   const Tokenizer& tok = *p.tokenizer;
   const std::vector<int32_t> ids32 = tok.encode_with_specials(a.prompt);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
-  KVCacheStore cache = p.model->make_cache(1);
+  KVCacheStore cache = p.model->make_cache(1, 0, kv_dtype);
   TokenPrinter printer(tok, a.prompt, ids32, a.json ? nullptr : stdout);
   GenerateResult r = generate(*p.model, cache, prompt, a.generation, std::ref(printer), p.marks);
   const std::string& text = printer.finish();
@@ -61,6 +62,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   add_generation_flags(cmd, a->generation);
   cmd->add_option("--dtype", a->dtype, "auto, fp32, bf16, fp16");
+  cmd->add_option("--kv-dtype", a->kv_dtype, ralm_option_help("kv_dtype"));
   cmd->add_flag("--keep-quantized", a->keep_quantized, kKeepQuantizedHelp);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a->threads, "intra-op threads (default: all cores)");

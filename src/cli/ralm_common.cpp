@@ -42,6 +42,7 @@ void add_ralm_flags(CLI::App* cmd, RalmArgs& a) {
   cmd->add_option("--max-length", o.max_length, ralm_option_help("max_length"))->check(CLI::NonNegativeNumber);
   cmd->add_option("--window-keep", o.window_keep, ralm_option_help("window_keep"))->check(CLI::Range(1e-6, 1.0));
   cmd->add_option("--doc-positions", o.doc_positions, ralm_option_help("doc_positions"));  // validate() names it
+  cmd->add_option("--kv-dtype", o.kv_dtype, ralm_option_help("kv_dtype"));                  // validate() names it
   cmd->add_option("--forbidden-titles", a.forbidden_titles, "file of titles never to retrieve (one per line)");
   cmd->add_option("--encoder-model", a.encoder_model, "dense index: the encoder model (default: the one that built it)");
   cmd->add_option("--dtype", a.dtype, "auto, fp32, bf16, fp16");

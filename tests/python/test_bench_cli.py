@@ -47,6 +47,11 @@ def test_bench_ralm_at_the_configs_maximum_length():
     j = json.loads(run("bench", "ralm", "--config", SMALL + ",max_pos=256", "--init", 200, "--total", 256,
                        "--doc", 24, "--json", "--threads", 1).stdout)
     assert {m["mode"]: m["generated"] for m in j["modes"]} == {"append": 32, "prepend": 32}
+    # --kv-dtype bf16: the same run with every cache at half the bytes (the capacity is 256 + 2 + 16 slots)
+    h = json.loads(run("bench", "ralm", "--config", SMALL + ",max_pos=256", "--init", 200, "--total", 256,
+                       "--doc", 24, "--json", "--threads", 1, "--kv-dtype", "bf16").stdout)
+    assert (j["kv_dtype"], h["kv_dtype"]) == ("fp32", "bf16")
+    assert j["memory"]["kv_cache_bytes"] == 2 * 2 * 16 * 274 * 4 == 2 * h["memory"]["kv_cache_bytes"]
     # A checkpoint holds what it holds: one line naming it and the positions needed (256 + 2 + 16 slots, 26 below).
     fails("bench", "ralm", "--model", STORIES / "stories260K.bin", "--init", 400, "--total", 512, "--doc", 24,
           contains=("stories260K.bin", "holds 512 positions", "needs 556"))
@@ -104,18 +109,20 @@ def test_bench_prefill_and_decode_smoke():
     assert p["gflops"] * 1e9 * p["seconds"] == pytest.approx(useful, rel=1e-9)
     assert p["gemm_gflops_fp32"] > 0 and p["fraction_of_gemm"] == pytest.approx(
         statistics.median(p["fraction_of_gemm_all"]))
-    for dtype in ("fp32", "bf16"):
+    for dtype, kv in (("fp32", None), ("bf16", None), ("fp32", "bf16")):
         d = json.loads(run("bench", "decode", "--config", SMALL, "--dtype", dtype, "--context", 20, "--tokens", 4,
-                           "--repeats", 1, "--baseline", "--json", "--threads", 1).stdout)
-        assert d["bench"] == "decode" and d["dtype"] == dtype and d["context"] == 20
-        elem = 4 if dtype == "fp32" else 2
+                           "--repeats", 1, "--baseline", "--json", "--threads", 1,
+                           *(("--kv-dtype", kv) if kv else ())).stdout)
+        assert d["bench"] == "decode" and d["dtype"] == dtype and d["context"] == 20 and d["kv_dtype"] == (kv or dtype)
+        elem, kv_elem = (4 if dtype == "fp32" else 2), (4 if (kv or dtype) == "fp32" else 2)
         # every weight but the embedding table, plus K and V (2 layers x kv_dim 16) at the middle step's
-        # context (20 + 4 / 2 = 22 positions)
-        assert d["bytes_read_per_token"] == (SMALL_READ_PER_TOKEN + 2 * 2 * 16 * 22) * elem
+        # context (20 + 4 / 2 = 22 positions), each in its own dtype
+        assert d["bytes_read_per_token"] == SMALL_READ_PER_TOKEN * elem + 2 * 2 * 16 * 22 * kv_elem
         assert d["read_bandwidth_gbs"] > 0 and d["floor_tokens_per_s"] > 0
         assert d["fraction_of_floor"] == pytest.approx(statistics.median(d["fraction_of_floor_all"]))
         assert d["libtorch_only"]["tokens_per_s"] > 0 and d["speedup_over_libtorch"] > 0
     fails("bench", "decode", "--config", SMALL, "--dtype", "int8", contains=("int8",))
+    fails("bench", "decode", "--config", SMALL, "--kv-dtype", "int8", contains=("kv_dtype: unknown dtype 'int8'",))
     fails("bench", "prefill", "--config", "hidden=32,heads=5", contains=("num_attention_heads (5)",))
 
 

@@ -523,9 +523,9 @@ def test_one_options_vocabulary_with_the_cli():
     from fbtest import find_cli
     o = flashback.RalmOptions()
     assert (o.stride, o.query_tokens, o.doc_tokens, o.k, o.marks, o.kv_reuse, o.max_length, o.window_keep,
-            o.doc_positions) == (16, 32, 128, 1, True, True, 0, 0.5, "before")
+            o.doc_positions, o.kv_dtype) == (16, 32, 128, 1, True, True, 0, 0.5, "before", "")
     assert flashback.RalmOptions.fields == ["stride", "query_tokens", "doc_tokens", "k", "marks", "kv_reuse",
-                                            "max_length", "window_keep", "doc_positions"]
+                                            "max_length", "window_keep", "doc_positions", "kv_dtype"]
     for command in ("ralm", "eval"):
         text = " ".join(subprocess.run([str(find_cli()), command, "--help"], capture_output=True,
                                        text=True).stdout.split())
@@ -556,6 +556,34 @@ def test_contexts_size_their_cache_like_the_cli():
     with pytest.raises(flashback.InvalidArgument, match="positions before the input .* maximum position"):
         flashback.Context(model(64), "append", marks=False)
     assert flashback.Context(model(64), "append", marks=False, doc_positions="after").options.max_length == 64
+
+
+def test_kv_dtype_keeps_the_cache_in_bf16(tmp_path):
+    """kv_dtype="bf16" on an fp32 model: the contexts' and make_cache's caches are bf16 (half the bytes), and KV
+    reuse and recomputing agree to bf16's rounding of the keys and values, as the fp32 cache's scores do."""
+    m = LlamaForCausalLM.from_pretrained(STORIES, marks="add")
+    assert flashback.Context(m, "append").cache_dtype == "float32"
+    assert flashback.Context(m, "append", kv_dtype="bf16").cache_dtype == "bfloat16"
+    wide, narrow = m.core.make_cache(1, 64), m.core.make_cache(1, 64, "bf16")
+    assert (wide.dtype, narrow.dtype) == ("float32", "bfloat16")
+    assert wide.bytes_allocated() == 2 * narrow.bytes_allocated()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The little dog ran to the park and played with a red ball.\n\n"
+                      "Tom and Sue baked a big cake for their mom.\n\n")
+    flashback.build_bm25_index(corpus, tmp_path / "index", m.tokenizer, "paragraphs", 64)
+    ret = flashback.open_index(tmp_path / "index")
+    text = "Tom had a dog. The dog liked to run in the park with a ball. Tom and the dog were friends."
+    a = flashback.evaluate(m, ret, text, mode="append", stride=4, kv_dtype="bf16")
+    b = flashback.evaluate(m, ret, text, mode="append", stride=4, kv_dtype="bf16", kv_reuse=False)
+    c = flashback.evaluate(m, ret, text, mode="append", stride=4)
+    # A key computed in another chunk differs in its last fp32 bits and may round to the other bf16 neighbour:
+    # reuse and recomputing then differ by about bf16's rounding (2^-8 relative on a few values), not 1e-5.
+    assert abs(a["nll"] - b["nll"]) < 1e-3 * c["nll"]
+    assert a["nll"] != c["nll"] and abs(a["nll"] - c["nll"]) < 1e-2 * c["nll"]
+    with pytest.raises(flashback.InvalidArgument, match="kv_dtype: unknown dtype 'int8'"):
+        flashback.Context(m, "append", kv_dtype="int8")
+    with pytest.raises(flashback.InvalidArgument, match="kv_dtype: unknown dtype"):
+        m.core.make_cache(1, 8, "q8")
 
 
 def test_atomic_directory_from_python(tmp_path):

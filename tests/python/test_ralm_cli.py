@@ -43,6 +43,25 @@ def test_kv_reuse_is_exact(data, mode, marks, k):
     assert abs(e_fast["nll"] - e_ref["nll"]) < 1e-5
 
 
+def test_kv_dtype_bf16(data):
+    """--kv-dtype bf16 on the fp32 model: KV reuse agrees with the recomputed reference to bf16's rounding of the
+    keys and values (a value computed in another chunk may round to the other neighbour), and the mean NLL moves
+    by that rounding only."""
+    args = ("--mode", "append", "--stride", "8", "--doc-tokens", "48")
+    fast, ref = ralm(data, *args, "--kv-dtype", "bf16"), ralm(data, *args, "--kv-dtype", "bf16", "--no-kv-reuse")
+    assert fast["ids"] == ref["ids"]
+    e16, e32 = evaluate(data, *args, "--kv-dtype", "bf16"), evaluate(data, *args)
+    e16_ref = evaluate(data, *args, "--kv-dtype", "bf16", "--no-kv-reuse")
+    assert e16["tokens"] == e32["tokens"] == 240
+    assert abs(e16["nll"] - e16_ref["nll"]) < 1e-3 * e32["nll"]
+    assert e16["nll"] != e32["nll"] and abs(e16["nll"] - e32["nll"]) < 1e-2 * e32["nll"]
+    g = json.loads(run("generate", "--model", MODEL, "--prompt", PROMPT, "-n", 8, "--kv-dtype", "bf16", "--json").stdout)
+    assert len(g["ids"]) == 8
+    fails("ralm", "--model", MODEL, "--index", data / "index", "--prompt", "x", "--kv-dtype", "int8",
+          contains=["kv_dtype: unknown dtype 'int8'"])
+    fails("generate", "--model", MODEL, "--prompt", "x", "--kv-dtype", "int8", contains=["kv_dtype: unknown dtype 'int8'"])
+
+
 def test_json_contracts(data):
     r = ralm(data, "--mode", "append")
     assert set(r) >= {"ids", "text", "stats"}
