@@ -21,7 +21,9 @@ decoded token counts of both engines must be equal
 (checked). llama.cpp first gets its best settings: a tuning pass times flash
 attention on/off, an F16/F32 KV cache and micro-batches of 512/2048 on each
 workload (the paper's test on its 512/1024 point, in the same mode), and
-every workload then runs with its winner.
+every workload then runs with its winner. flashback's one setting, its KV
+cache in fp32 or bf16 (--kv-dtype), is chosen the same way on the same
+proxies.
 
 Writes docs/bench/peers.json (every raw number) and the table between the
 peers markers of docs/performance.md. --quick runs stories260K's GGUF on tiny
@@ -212,9 +214,9 @@ def run_llama(model: Path, w: dict, setting: dict, threads: int) -> dict:
 
 # ----------------------------------------------------------------- flashback
 
-def run_flashback(exe: str, model: dict, w: dict, threads: int) -> dict:
+def run_flashback(exe: str, model: dict, w: dict, threads: int, kv: str) -> dict:
     common = ["--model", model["path"], "--dtype", model["flashback_dtype"], *model.get("flashback_flags", []),
-              "--threads", str(threads), "--repeats", str(1 if w["kind"] == "ralm" else IN_PROCESS), "--json"]
+              "--kv-dtype", kv, "--threads", str(threads), "--repeats", str(1 if w["kind"] == "ralm" else IN_PROCESS), "--json"]
     if w["kind"] == "decode":
         args = ["decode", "--context", str(w["context"]), "--tokens", str(w["tokens"])]
     elif w["kind"] == "prefill":
@@ -274,16 +276,35 @@ def settings(quick: bool) -> list[dict]:
     return grid[:2] if quick else grid
 
 
+def proxies_of(ws: list[dict], quick: bool) -> dict:
+    """What each workload's settings are timed on: itself, or the paper's test at a shorter point, in the same
+    mode (its decode steps count too: flash attention wins llama.cpp's 2048-token prefill but slows its decode
+    2-4x here)."""
+    return {name(w): {**w, "init": 512, "total": 1024} if w["kind"] == "ralm" and not quick else w for w in ws}
+
+
+def pick(p: dict, cands: list) -> dict:
+    """The winner of (setting, rate) pairs on proxy p: least seconds for the paper's test, else most tokens/s."""
+    return (min if p["kind"] == "ralm" else max)(cands, key=lambda c: c[1])[0]
+
+
+def tune_flashback(exe: str, model: dict, ws: list[dict], threads: int, quick: bool) -> dict:
+    """flashback's KV cache dtype per workload, timed once each on the proxies llama.cpp's settings are."""
+    best, table = {}, []
+    for label, p in proxies_of(ws, quick).items():
+        cands = []
+        for kv in ("fp32", "bf16"):
+            cands.append((kv, rate(p, run_flashback(exe, model, p, threads, kv)["seconds"])))
+            log(f"  tune {model['label']} {name(p)} flashback KV {kv.upper()}: {cands[-1][1]:.3f}")
+        best[label] = pick(p, cands)
+        table.append({"workload": label, "proxy": name(p), "all": [{"kv_dtype": k, "value": x} for k, x in cands],
+                      "best": best[label]})
+    return {"best": best, "timings": table}
+
+
 def tune(model: dict, ws: list[dict], threads: int, quick: bool) -> dict:
     """llama.cpp's best setting per workload: each setting timed once on a proxy of it."""
-    proxies = {}
-    for w in ws:
-        if w["kind"] == "ralm" and not quick:
-            # The paper's test at a shorter point, in the same mode: its decode steps count too (flash
-            # attention wins llama.cpp's 2048-token prefill but slows its decode 2-4x here).
-            proxies[name(w)] = {**w, "init": 512, "total": 1024}
-        else:
-            proxies[name(w)] = w
+    proxies = proxies_of(ws, quick)
     timed: dict[tuple, float] = {}
     for s in settings(quick):
         for p in proxies.values():
@@ -297,7 +318,7 @@ def tune(model: dict, ws: list[dict], threads: int, quick: bool) -> dict:
     best, table = {}, []
     for label, p in proxies.items():
         cands = [(json.loads(k), v) for (k, q), v in timed.items() if q == name(p)]
-        s, _ = (min if p["kind"] == "ralm" else max)(cands, key=lambda c: c[1])
+        s = pick(p, cands)
         best[label] = s
         table.append({"workload": label, "proxy": name(p), "unit": "seconds" if p["kind"] == "ralm" else "tokens/s",
                       "all": [{"setting": c, "value": x} for c, x in cands], "best": s})
@@ -323,14 +344,16 @@ def run_all(args, save, res: dict | None = None) -> dict:
     for model in make_models(args):
         log(f"{model['label']}: {model['path']}")
         tuned = tune(model, ws, threads, args.quick)
-        entry = {**model, "date": now, "machine": machine(), "tuning": tuned["timings"], "workloads": []}
+        ours = tune_flashback(args.flashback, model, ws, threads, args.quick)
+        entry = {**model, "date": now, "machine": machine(), "tuning": tuned["timings"],
+                 "flashback_tuning": ours["timings"], "workloads": []}
         runs = {name(w): {"flashback": [], "llama.cpp": []} for w in ws}
         for rep in range(args.repeats):
             for w in ws:
                 order = ["flashback", "llama.cpp"] if rep % 2 == 0 else ["llama.cpp", "flashback"]
                 for engine in order:
                     if engine == "flashback":
-                        r = run_flashback(args.flashback, model, w, threads)
+                        r = run_flashback(args.flashback, model, w, threads, ours["best"][name(w)])
                     else:
                         r = run_llama(Path(model["path"]), w, tuned["best"][name(w)], threads)
                     runs[name(w)][engine].append(r)
@@ -342,7 +365,8 @@ def run_all(args, save, res: dict | None = None) -> dict:
                     a, b = rr["flashback"][0][key], rr["llama.cpp"][0][key]
                     if a != b:
                         raise SystemExit(f"{name(w)}: flashback and llama.cpp differ in {key}: {a} vs {b}")
-            e = {"workload": name(w), **w, "llama_cpp_setting": tuned["best"][name(w)]}
+            e = {"workload": name(w), **w, "llama_cpp_setting": tuned["best"][name(w)],
+                 "flashback_kv_dtype": ours["best"][name(w)]}
             for engine in ("flashback", "llama.cpp"):
                 vals = [rate(w, r["seconds"]) for r in rr[engine]]
                 e[engine] = {"median": statistics.median(vals), "all": vals}
@@ -374,6 +398,12 @@ def setting_text(s: dict) -> str:
     return f"FA {'on' if s['flash_attn'] else 'off'}, KV {s['kv'].upper()}, ubatch {s['ubatch']}"
 
 
+def kv_text(m: dict, e: dict) -> str:
+    """flashback's cache dtype on a workload (runs before it was tuned kept the model's: fp32 for quantized)."""
+    kv = e.get("flashback_kv_dtype", m["flashback_dtype"])
+    return f"{kv.upper()}{'' if 'flashback_kv_dtype' in e else ' (untuned)'}"
+
+
 def markdown(res: dict) -> str:
     L = [BEGIN, "", f"Generated by `benchmarks/peers.py` on {res['date']}: {res['machine']}; {res['threads']} threads for "
          f"both engines; llama-cpp-python {res['llama_cpp_python']}; medians of {res['repeats']} alternating repeats, "
@@ -383,12 +413,12 @@ def markdown(res: dict) -> str:
         flags = " ".join(m.get("flashback_flags", []))
         when = f", measured {m.get('date', res['date'])} on {m.get('machine', res['machine'])}" if dated else ""
         L += [f"#### {m['label']} (flashback: `--dtype {m['flashback_dtype']}{' ' + flags if flags else ''}`{when})", "",
-              "| workload | flashback | llama.cpp | flashback / llama.cpp | llama.cpp's best setting | all runs flashback | all runs llama.cpp |",
-              "|---|---:|---:|---:|---|---|---|"]
+              "| workload | flashback | llama.cpp | flashback / llama.cpp | flashback's KV cache | llama.cpp's best setting | all runs flashback | all runs llama.cpp |",
+              "|---|---:|---:|---:|---|---|---|---|"]
         for e in m["workloads"]:
             fmt = (lambda v: f"{v:.2f} s") if e["unit"] == "seconds" else (lambda v: f"{v:.1f} tok/s")
             L.append(f"| {e['workload']} | {fmt(e['flashback']['median'])} | {fmt(e['llama.cpp']['median'])} | "
-                     f"**{e['ratio']:.2f}x** | {setting_text(e['llama_cpp_setting'])} | "
+                     f"**{e['ratio']:.2f}x** | {kv_text(m, e)} | {setting_text(e['llama_cpp_setting'])} | "
                      f"{', '.join(f'{v:.3g}' for v in e['flashback']['all'])} | "
                      f"{', '.join(f'{v:.3g}' for v in e['llama.cpp']['all'])} |")
         if "append_over_prepend" in m:

@@ -228,6 +228,12 @@ def test_peers_script_quick(tmp_path):
             assert len(e[engine]["all"]) == 2 and e[engine]["median"] == pytest.approx(statistics.median(e[engine]["all"]))
         faster = e["flashback"]["median"] / e["llama.cpp"]["median"]
         assert e["ratio"] == pytest.approx(1 / faster if e["unit"] == "seconds" else faster)
+    # flashback's KV cache dtype is tuned as llama.cpp's settings are: both timed on each proxy, the faster kept.
+    for t, e in zip(m["flashback_tuning"], m["workloads"]):
+        (f32, b16) = t["all"]
+        assert (f32["kv_dtype"], b16["kv_dtype"]) == ("fp32", "bf16") and t["workload"] == e["workload"]
+        faster = (min if e["unit"] == "seconds" else max)((f32, b16), key=lambda c: c["value"])
+        assert e["flashback_kv_dtype"] == t["best"] == faster["kv_dtype"]
     ralm = {e["mode"]: e for e in m["workloads"] if e["kind"] == "ralm"}
     # 160 - 16 - 48 = 96 generated, 6 retrievals: append re-encodes 48 + 18, then 5 x (16 + 18); prepend
     # 16 + 48, 16 + 64, ..., 16 + 128; 96 - 1 - 5 held tokens decoded.
@@ -238,6 +244,7 @@ def test_peers_script_quick(tmp_path):
     assert a["flashback"] == pytest.approx(ralm["prepend"]["flashback"]["median"] / ralm["append"]["flashback"]["median"])
     md = (tmp_path / "performance.md").read_text()
     assert md.count("<!-- peers:begin -->") == 1 and f"**{m['workloads'][0]['ratio']:.2f}x**" in md
+    assert f"| **{m['workloads'][0]['ratio']:.2f}x** | {m['workloads'][0]['flashback_kv_dtype'].upper()} | FA " in md
     # --from-json with --models reruns those models and keeps the others, each with the date it was measured.
     other = {**m, "key": "other", "label": "other model", "date": "2000-01-01 00:00 UTC"}
     (tmp_path / "bench/peers.json").write_text(json.dumps({**res, "models": [other, m]}))
