@@ -388,8 +388,12 @@ def run_all(args, save, res: dict | None = None) -> dict:
             pp = [e for e in entry["workloads"] if e["kind"] == "ralm" and e["mode"] == "prepend"]
             if ap and pp:
                 entry.setdefault("append_over_prepend", {})[engine] = pp[0][engine]["median"] / ap[0][engine]["median"]
-        others = [m for m in res["models"] if m.get("key", m["label"]) != model["key"] and m["label"] != model["label"]]
-        res["models"] = others + [entry]
+        # A model rerun keeps its place in the table; a new one goes last.
+        same = [i for i, m in enumerate(res["models"]) if m.get("key", m["label"]) == model["key"] or m["label"] == model["label"]]
+        if same:
+            res["models"] = [entry if i == same[0] else m for i, m in enumerate(res["models"]) if i == same[0] or i not in same]
+        else:
+            res["models"].append(entry)
         save(res)
     return res
 
