@@ -389,11 +389,12 @@ def run_all(args, save, res: dict | None = None) -> dict:
             if ap and pp:
                 entry.setdefault("append_over_prepend", {})[engine] = pp[0][engine]["median"] / ap[0][engine]["median"]
         # A model rerun keeps its place in the table; a new one goes last.
-        same = [i for i, m in enumerate(res["models"]) if m.get("key", m["label"]) == model["key"] or m["label"] == model["label"]]
-        if same:
-            res["models"] = [entry if i == same[0] else m for i, m in enumerate(res["models"]) if i == same[0] or i not in same]
-        else:
+        at = next((i for i, m in enumerate(res["models"])
+                   if m.get("key", m["label"]) == model["key"] or m["label"] == model["label"]), None)
+        if at is None:
             res["models"].append(entry)
+        else:
+            res["models"][at] = entry
         save(res)
     return res
 
