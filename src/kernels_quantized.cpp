@@ -21,6 +21,10 @@
 #include "flashback/quantized.hpp"
 #include "kernels_avx2.hpp"
 
+#ifdef FLASHBACK_X86_KERNELS
+#include <cpuid.h>
+#endif
+
 namespace flashback::kernels {
 
 namespace {
@@ -33,7 +37,11 @@ struct Q8Block {
 
 bool cpu_has_f16c() {
 #ifdef FLASHBACK_X86_KERNELS
-  static const bool ok = __builtin_cpu_supports("f16c");
+  // cpuid rather than __builtin_cpu_supports: clang 14 rejects "f16c" there.
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+  }();
   return ok;
 #else
   return false;
