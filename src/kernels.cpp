@@ -298,30 +298,75 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 // ---------------------------------------------------------------- SwiGLU
 bool silu_mul_usable(const at::Tensor& gate, const at::Tensor& up) {
-  return gate.defined() && up.defined() && gate.is_cpu() && up.is_cpu() && gate.sizes() == up.sizes() &&
-         gate.scalar_type() == up.scalar_type() && dtype_ok(gate) && no_grad_needed({&gate, &up});
+  return cpu_has_avx2_fma() && gate.defined() && up.defined() && gate.is_cpu() && up.is_cpu() &&
+         gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type() && dtype_ok(gate) &&
+         no_grad_needed({&gate, &up});
 }
 
+#ifdef FLASHBACK_X86_KERNELS
 namespace {
+// silu(a) u = a u sigmoid(a), with e = exp(-|a|) <= 1 so nothing overflows:
+// sigmoid(a) = 1 / (1 + e) for a >= 0 and e / (1 + e) below.
+FB_AVX2 inline __m256 silu_mul8(__m256 a, __m256 u) {
+  const __m256 abs_a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
+  const __m256 e = detail::exp8_nonpositive(_mm256_sub_ps(_mm256_setzero_ps(), abs_a));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 neg = _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_LT_OQ);
+  const __m256 sig = _mm256_div_ps(_mm256_blendv_ps(one, e, neg), _mm256_add_ps(one, e));
+  return _mm256_mul_ps(_mm256_mul_ps(a, sig), u);
+}
+
+FB_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+// fp32 -> bf16 rounded to nearest even, NaN to 0x7fc0: c10::BFloat16(float)'s
+// rounding, 8 at a time.
+FB_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  // Pack the 32-bit lanes' low halves (all <= 0xffff) in order.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+// Every element, the tail's included, goes through the same 8-lane
+// arithmetic, so a row rounds the same whatever the call's length: cache
+// reuse and recomputation stay equal however the rows are split. Blocks
+// [b0, b1) of 8 elements out of n.
+template <class T>
+FB_AVX2 void silu_mul_blocks(const T* g, const T* u, T* out, int64_t n, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t i = 8 * b;
+    if (i + 8 <= n) {
+      store8(out + i, silu_mul8(detail::load8(g + i), detail::load8(u + i)));
+    } else {
+      T gt[8] = {}, ut[8] = {}, ot[8];
+      std::copy(g + i, g + n, gt);
+      std::copy(u + i, u + n, ut);
+      store8(ot, silu_mul8(detail::load8(gt), detail::load8(ut)));
+      std::copy(ot, ot + (n - i), out + i);
+    }
+  }
+}
+
 template <class T>
 void silu_mul_impl(const T* g, const T* u, T* out, int64_t n) {
-  at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float a = static_cast<float>(g[i]);
-      out[i] = T(a / (1.0f + std::exp(-a)) * static_cast<float>(u[i]));
-    }
-  });
+  at::parallel_for(0, (n + 7) / 8, 2048, [&](int64_t b0, int64_t b1) { silu_mul_blocks(g, u, out, n, b0, b1); });
 }
 }  // namespace
+#endif
 
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   TORCH_CHECK(silu_mul_usable(gate, up), "flashback::kernels::silu_mul: unsupported inputs");
   at::Tensor g = gate.contiguous(), u = up.contiguous();
-  at::Tensor out = at::empty_like(g);
+  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+#ifdef FLASHBACK_X86_KERNELS
   if (g.scalar_type() == at::kFloat)
     silu_mul_impl(g.data_ptr<float>(), u.data_ptr<float>(), out.data_ptr<float>(), g.numel());
   else
     silu_mul_impl(g.data_ptr<c10::BFloat16>(), u.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), g.numel());
+#endif
   return out;
 }
 

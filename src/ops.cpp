@@ -178,10 +178,9 @@ at::Tensor grouped_causal_attention(const at::Tensor& q, const at::Tensor& k, co
 
 // ---------------------------------------------------------------- SwiGLU
 at::Tensor Ops::silu_mul(const at::Tensor& gate, const at::Tensor& up) const {
-  // A few rows (decode): the fused gate saves two small ops and rounds as the
-  // same rows do in any other call of a few rows (kernels::kMaxKernelRows);
-  // longer inputs keep LibTorch's vectorised silu.
-  if (kernels_on() && gate.numel() <= kernels::kMaxKernelRows * gate.size(-1) && kernels::silu_mul_usable(gate, up))
+  // One vectorised pass instead of silu's and the product's (and their two
+  // outputs); a row rounds the same in a call of any length.
+  if (kernels_on() && kernels::silu_mul_usable(gate, up))
     return kernels::silu_mul(gate, up);  // [..., F]
   return at::silu(gate) * up;           // [..., F]
 }

@@ -2,6 +2,8 @@
 // gemv, decode and causal attention (against fp64), fused RMSNorm and RoPE,
 // then whole decode steps and long chunked prefills with the kernels on and
 // off.
+#include <cmath>
+#include <limits>
 #include <c10/core/InferenceMode.h>
 
 #include "flashback/flashback.hpp"
@@ -315,7 +317,27 @@ TEST_CASE("fused RMSNorm, SwiGLU gate and RoPE match the reference ops", "[kerne
       at::Tensor want_sw = at::silu(g.to(at::kDouble)) * u.to(at::kDouble);
       // Computed in float, rounded once: half a bf16 ulp of the value, plus float's error.
       CHECK(max_rel_diff(kernels::silu_mul(g, u), want_sw, 1e-6) < (dt == at::kFloat ? 1e-5 : 0x1.1p-8));
+      // A row rounds the same alone as inside a longer call (rows of 70 straddle the 8-lane blocks).
+      CHECK(at::equal(kernels::silu_mul(g.narrow(0, 1, 1), u.narrow(0, 1, 1))[0], kernels::silu_mul(g, u)[1]));
     }
+    // Many rows (the parallel path) and the far ends of the range: exp(-|a|) underflows, inf, NaN.
+    at::manual_seed(3);
+    at::Tensor g = at::randn({64, 2048}).mul(30).to(dt), u = at::randn({64, 2048}).to(dt);
+    at::Tensor want_sw = at::silu(g.to(at::kDouble)) * u.to(at::kDouble);
+    CHECK(max_rel_diff(kernels::silu_mul(g, u), want_sw, 1e-6) < (dt == at::kFloat ? 1e-5 : 0x1.1p-8));
+    // bf16 is the fp32 result rounded once, as LibTorch rounds (nearest even).
+    if (dt == at::kBFloat16)
+      CHECK(at::equal(kernels::silu_mul(g, u), kernels::silu_mul(g.to(at::kFloat), u.to(at::kFloat)).to(dt)));
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    at::Tensor ends = at::tensor({-1000.0f, -88.0f, 88.0f, 1000.0f, inf, -inf, nan, 0.0f, -0.0f}).to(dt);
+    at::Tensor got_ends = kernels::silu_mul(ends, at::ones({9}).to(dt)).to(at::kFloat);
+    at::Tensor want_ends = at::silu(ends.to(at::kDouble)).to(at::kFloat);
+    CHECK(at::allclose(got_ends.narrow(0, 0, 4), want_ends.narrow(0, 0, 4), 1e-5, 1e-30));
+    CHECK(got_ends[4].item<float>() == inf);
+    CHECK(std::isnan(got_ends[5].item<float>()));  // -inf * sigmoid(-inf) = -inf * 0, as at::silu gives
+    CHECK(std::isnan(got_ends[6].item<float>()));
+    CHECK(got_ends[7].item<float>() == 0.0f);
+    CHECK(got_ends[8].item<float>() == 0.0f);
 
     // RoPE on a transposed view ([B, T, H, D] -> [B, H, T, D]), with [T, D] and [B, T, D] tables.
     at::Tensor base = at::randn({2, 7, 4, 16}).to(dt);

@@ -103,8 +103,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 bool rotary_usable(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
-// Fused SwiGLU gate (inference): silu(gate) * up in fp32, rounded once.
-// gate, up: same shape and dtype -> that shape.
+// Fused SwiGLU gate (inference, AVX2 + FMA): silu(gate) * up in fp32,
+// rounded once, any number of rows. gate, up: same shape and dtype -> that
+// shape, contiguous.
 bool silu_mul_usable(const at::Tensor& gate, const at::Tensor& up);
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
