@@ -54,6 +54,9 @@ TEST_CASE("KVCacheStore bookkeeping", "[cache]") {
   KVCacheStore c(2, 1, 2, 16, 4, at::kFloat);
   CHECK(c.size() == 0);
   CHECK(c.capacity() == 16);
+  CHECK(c.dtype() == at::kFloat);
+  CHECK(KVCacheStore(1, 1, 1, 1, 1, at::kBFloat16).dtype() == at::kBFloat16);
+  CHECK(KVCacheStore().dtype() == at::ScalarType::Undefined);
   CHECK(c.bytes_allocated() == 16 * 2 * 2 * 1 * 2 * 4 * 4);
   at::Tensor k = at::randn({1, 2, 5, 4}), v = at::randn({1, 2, 5, 4});
   for (int l = 0; l < 2; ++l) {

@@ -252,8 +252,8 @@ TEST_CASE("kv_dtype bf16 on an fp32 model: half the cache, KV reuse near recompu
   RalmOptions ref = fast;
   ref.kv_reuse = false;
   KVCacheStore narrow_cache = make_context_cache(*s.model, fast), wide_cache = make_context_cache(*s.model, wide);
-  CHECK(narrow_cache.options().dtype() == at::kBFloat16);
-  CHECK(wide_cache.options().dtype() == at::kFloat);
+  CHECK(narrow_cache.dtype() == at::kBFloat16);
+  CHECK(wide_cache.dtype() == at::kFloat);
   CHECK(2 * narrow_cache.bytes_allocated() == wide_cache.bytes_allocated());
   // Reuse and recomputing store nearly the same values: a key computed in another chunk differs in its last fp32
   // bits and may round to the other bf16 neighbour, so the two agree to bf16's rounding, not to fp32's.

@@ -51,6 +51,8 @@ class KVCacheStore {
   int64_t num_kv_heads() const { return keys_.empty() ? 0 : keys_[0].size(1); }
   int64_t head_dim() const { return keys_.empty() ? 0 : keys_[0].size(3); }
   at::TensorOptions options() const { return keys_.empty() ? at::TensorOptions() : keys_[0].options(); }
+  // The stored keys' and values' dtype (may differ from the model's: RalmOptions::kv_dtype).
+  at::ScalarType dtype() const { return keys_.empty() ? at::ScalarType::Undefined : keys_[0].scalar_type(); }
   bool defined() const { return !keys_.empty(); }
 
   // Bytes holding the committed slots, and bytes preallocated.

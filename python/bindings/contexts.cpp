@@ -59,7 +59,7 @@ void bind_contexts(py::module_& m) {
       .def_property_readonly("mode", [](OwnedContext& c) { return context_mode_name(c.context->mode()); })
       .def("cache_size", [](OwnedContext& c) { return c.cache.size(); })
       .def("cache_capacity", [](OwnedContext& c) { return c.cache.capacity(); })
-      .def_property_readonly("cache_dtype", [](OwnedContext& c) { return dtype_name(c.cache.options().dtype().toScalarType()); });
+      .def_property_readonly("cache_dtype", [](OwnedContext& c) { return dtype_name(c.cache.dtype()); });
 
   py::class_<DocumentSource, std::shared_ptr<DocumentSource>>(m, "DocumentSource")
       .def("documents", &DocumentSource::documents, py::arg("text"), release_gil(),

@@ -29,7 +29,7 @@ void bind_model(py::module_& m) {
       .def("size", &KVCacheStore::size)
       .def("capacity", &KVCacheStore::capacity)
       .def("batch", &KVCacheStore::batch)
-      .def_property_readonly("dtype", [](const KVCacheStore& c) { return dtype_name(c.options().dtype().toScalarType()); })
+      .def_property_readonly("dtype", [](const KVCacheStore& c) { return dtype_name(c.dtype()); })
       .def("bytes_allocated", &KVCacheStore::bytes_allocated)
       .def("truncate", &KVCacheStore::truncate, py::arg("n"));
 

@@ -244,7 +244,7 @@ void bench_decode(BenchModelArgs a) {
   const LlamaConfig& c = s.config;
   KVCacheStore cache = m.make_cache(1, a.context + a.tokens, s.kv_dtype);
   at::Tensor ctx = at::randint(0, c.vocab_size, {1, a.context}, at::kLong);  // [1, context]
-  const double elem = double(c10::elementSize(cache.options().dtype().toScalarType()));
+  const double elem = double(c10::elementSize(cache.dtype()));
   // Every weight but the embedding table (a tied head reads it once, as the head, unless the head has
   // blocks of its own: keep_quantized).
   const bool table_is_head = c.tie_word_embeddings && !m.model->embed_tokens->head_quantized;
