@@ -17,6 +17,10 @@
 
 #include "kernels_avx2.hpp"
 
+#ifdef FLASHBACK_X86_KERNELS
+#include <cpuid.h>
+#endif
+
 namespace flashback::kernels {
 
 using detail::dtype_ok;
@@ -25,6 +29,19 @@ using detail::no_grad_needed;
 bool cpu_has_avx2_fma() {
 #ifdef FLASHBACK_X86_KERNELS
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// cpuid rather than __builtin_cpu_supports: clang 14 rejects "f16c" there.
+bool detail::cpu_has_f16c() {
+#ifdef FLASHBACK_X86_KERNELS
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+  }();
   return ok;
 #else
   return false;
@@ -316,20 +333,6 @@ FB_AVX2 inline __m256 silu_mul8(__m256 a, __m256 u) {
   return _mm256_mul_ps(_mm256_mul_ps(a, sig), u);
 }
 
-FB_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-// fp32 -> bf16 rounded to nearest even, NaN to 0x7fc0: c10::BFloat16(float)'s
-// rounding, 8 at a time.
-FB_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-  // Pack the 32-bit lanes' low halves (all <= 0xffff) in order.
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
-}
-
 // Every element, the tail's included, goes through the same 8-lane
 // arithmetic, so a row rounds the same whatever the call's length: cache
 // reuse and recomputation stay equal however the rows are split. Blocks
@@ -339,12 +342,12 @@ FB_AVX2 void silu_mul_blocks(const T* g, const T* u, T* out, int64_t n, int64_t 
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t i = 8 * b;
     if (i + 8 <= n) {
-      store8(out + i, silu_mul8(detail::load8(g + i), detail::load8(u + i)));
+      detail::store8(out + i, silu_mul8(detail::load8(g + i), detail::load8(u + i)));
     } else {
       T gt[8] = {}, ut[8] = {}, ot[8];
       std::copy(g + i, g + n, gt);
       std::copy(u + i, u + n, ut);
-      store8(ot, silu_mul8(detail::load8(gt), detail::load8(ut)));
+      detail::store8(ot, silu_mul8(detail::load8(gt), detail::load8(ut)));
       std::copy(ot, ot + (n - i), out + i);
     }
   }

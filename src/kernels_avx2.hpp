@@ -1,7 +1,8 @@
 // Building blocks shared by the AVX2 + FMA kernels (src/kernels*.cpp):
-// loads that widen fp32/bf16 to 8 fp32 lanes, a horizontal sum and a
-// vectorised exp. Functions carry per-function target attributes (FB_AVX2),
-// so the library needs no -mavx2 and runs LibTorch's path on CPUs without it.
+// loads that widen fp32/bf16 to 8 fp32 lanes and stores that round them
+// back, a horizontal sum, a vectorised exp, and the F16C check. Functions
+// carry per-function target attributes (FB_AVX2), so the library needs no
+// -mavx2 and runs LibTorch's path on CPUs without it.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,6 +30,9 @@ inline bool no_grad_needed(std::initializer_list<const at::Tensor*> ts) {
   return true;
 }
 
+// The CPU has F16C (fp16 <-> fp32 conversion; checked once at run time).
+bool cpu_has_f16c();
+
 inline float to_f32(float v) { return v; }
 inline float to_f32(c10::BFloat16 v) { return static_cast<float>(v); }
 
@@ -40,6 +44,20 @@ FB_AVX2 inline __m256 load8(const c10::BFloat16* p) {
   // 8 x bf16 -> 8 x fp32: zero-extend to 32 bits, shift into the high half.
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+FB_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+// fp32 -> bf16 rounded to nearest even, NaN to 0x7fc0: c10::BFloat16(float)'s
+// rounding, 8 at a time.
+FB_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  // Pack the 32-bit lanes' low halves (all <= 0xffff) in order.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
 FB_AVX2 inline float hsum(__m256 v) {

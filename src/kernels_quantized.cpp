@@ -21,10 +21,6 @@
 #include "flashback/quantized.hpp"
 #include "kernels_avx2.hpp"
 
-#ifdef FLASHBACK_X86_KERNELS
-#include <cpuid.h>
-#endif
-
 namespace flashback::kernels {
 
 namespace {
@@ -35,22 +31,10 @@ struct Q8Block {
   int8_t q[32];
 };
 
-bool cpu_has_f16c() {
-#ifdef FLASHBACK_X86_KERNELS
-  // cpuid rather than __builtin_cpu_supports: clang 14 rejects "f16c" there.
-  static const bool ok = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w) {
-  return cpu_has_avx2_fma() && cpu_has_f16c() && keeps_quantized(w.type) && w.cols % 32 == 0 && x.defined() &&
+  return cpu_has_avx2_fma() && detail::cpu_has_f16c() && keeps_quantized(w.type) && w.cols % 32 == 0 && x.defined() &&
          x.is_cpu() && x.dim() >= 1 && x.size(-1) == w.cols && x.numel() > 0 && x.numel() / w.cols <= kMaxKernelRows &&
          detail::dtype_ok(x) && detail::no_grad_needed({&x});
 }

@@ -23,8 +23,8 @@
 //
 // All are inference-only: each *_usable() refuses inputs that need an
 // autograd graph. gemv and decode_attention are AVX2 + FMA code (checked at
-// run time: cpu_has_avx2_fma()); the fused RMSNorm, RoPE and SwiGLU gate are
-// portable C++ and run on any CPU. None is called directly by the model:
+// run time: cpu_has_avx2_fma()), as is the SwiGLU gate; the fused RMSNorm and
+// RoPE are portable C++ and run on any CPU. None is called directly by the model:
 // Ops (ops.hpp) decides, per model, whether a kernel runs.
 #pragma once
 
@@ -41,7 +41,7 @@ namespace flashback::kernels {
 // The CPU has AVX2 + FMA (checked once at run time).
 bool cpu_has_avx2_fma();
 
-// The most rows the per-row kernels (gemv, quantized_linear, Ops' SwiGLU gate) take in one call. A row's
+// The most rows the per-row kernels (gemv, quantized_linear) take in one call. A row's
 // result from them is the same bits whatever else shares the call, which is what lets several sequences'
 // decode rows share one forward (LlamaForCausalLMImpl::hidden_states over several sequences) and each
 // still equal its solo run; more rows go to LibTorch's GEMM.
