@@ -44,6 +44,16 @@ at::Tensor Ops::linear(const at::Tensor& x, const at::Tensor& w) const {
   return at::linear(x, w);  // [..., out]
 }
 
+std::vector<at::Tensor> Ops::linear(const at::Tensor& x, const std::vector<const at::Tensor*>& ws) const {
+  const bool fused = kernels_on() && !ws.empty() && std::all_of(ws.begin(), ws.end(), [&](const at::Tensor* w) {
+    return kernels::gemv_usable(*w, x) && w->scalar_type() == ws.front()->scalar_type();
+  });
+  if (fused) return kernels::gemv(ws, x);
+  std::vector<at::Tensor> ys;
+  for (const at::Tensor* w : ws) ys.push_back(linear(x, *w));
+  return ys;
+}
+
 at::Tensor Ops::quantized_linear(const at::Tensor& x, const QuantizedMatrix& w) const {
   // A few rows (decode): integer dots over the blocks as stored.
   if (kernels_on() && kernels::quantized_linear_usable(x, w)) return kernels::quantized_linear(x, w);

@@ -65,6 +65,46 @@ TEST_CASE("gemv matches x W^T for fp32 and bf16 weights, any K, 1 to kMaxKernelR
   CHECK(max_abs_diff(kernels::gemv(w, x), at::mv(w, x)) < 1e-4);
 }
 
+TEST_CASE("gemv of several matrices of one input (q, k, v; gate, up) in one call: each exactly as alone", "[kernels]") {
+  if (!kernels::cpu_has_avx2_fma()) {
+    WARN("no AVX2/FMA on this CPU: LibTorch's path is used");
+    return;
+  }
+  c10::InferenceMode guard;
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    // Row counts that split the joint rows inside a matrix and at its edges, one matrix a strided view.
+    at::Tensor wide = at::randn({129, 300}).to(dt);
+    const at::Tensor a = at::randn({70, 96}).to(dt), b = at::randn({1, 96}).to(dt), c = wide.narrow(1, 5, 96);
+    for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
+      INFO("dtype " << dt << " rows " << M);
+      at::Tensor x = at::randn({1, M, 96}).to(dt);
+      const std::vector<at::Tensor> ys = kernels::gemv({&a, &b, &c}, x);
+      REQUIRE(ys.size() == 3);
+      CHECK(ys[2].sizes() == std::vector<int64_t>{1, M, 129});
+      CHECK(ys[0].scalar_type() == dt);
+      CHECK(at::equal(ys[0], kernels::gemv(a, x)));
+      CHECK(at::equal(ys[1], kernels::gemv(b, x)));
+      CHECK(at::equal(ys[2], kernels::gemv(c, x)));
+      // Ops takes the same path, and LibTorch's ops compute the same products.
+      const std::vector<at::Tensor> auto_ys = Ops(Kernels::Auto).linear(x, {&a, &b, &c});
+      const std::vector<at::Tensor> ref_ys = Ops(Kernels::LibTorch).linear(x, {&a, &b, &c});
+      for (size_t i = 0; i < 3; ++i) {
+        CHECK(at::equal(auto_ys[i], ys[i]));
+        CHECK(max_abs_diff(ref_ys[i], ys[i]) < (dt == at::kFloat ? 1e-4 : 0.15));
+      }
+    }
+  }
+  // Matrices of different dtypes, or more rows than the kernel takes: each through Ops::linear alone.
+  const at::Tensor f = at::randn({16, 32}), h = at::randn({8, 32}).to(at::kBFloat16);
+  at::Tensor x = at::randn({2, 32});
+  const std::vector<at::Tensor> mixed = Ops(Kernels::Auto).linear(x, {&f, &h});
+  CHECK(at::equal(mixed[0], Ops(Kernels::Auto).linear(x, f)));
+  CHECK(mixed[1].sizes() == std::vector<int64_t>{2, 8});
+  at::Tensor many = at::randn({kernels::kMaxKernelRows + 1, 32});
+  const std::vector<at::Tensor> gemm = Ops(Kernels::Auto).linear(many, {&f, &f});
+  CHECK(max_abs_diff(gemm[1], at::matmul(many.to(at::kDouble), f.to(at::kDouble).t())) < 1e-4);
+}
+
 TEST_CASE("gemv is not used where autograd needs the graph", "[kernels]") {
   at::Tensor w = at::randn({4, 8}).requires_grad_();
   at::Tensor x = at::randn({8});

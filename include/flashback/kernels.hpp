@@ -54,6 +54,9 @@ bool gemv_usable(const at::Tensor& w, const at::Tensor& x);
 
 // y = x W^T.   w: [N, K], x: [..., K] (at most kMaxKernelRows rows) -> [..., N] in x's dtype.
 at::Tensor gemv(const at::Tensor& w, const at::Tensor& x);
+// The same for several matrices of one input and one dtype (q, k, v; gate, up), each usable with x: one
+// parallel region for all of them.
+std::vector<at::Tensor> gemv(const std::vector<const at::Tensor*>& ws, const at::Tensor& x);
 
 // True when decode_attention(q, k, v) can run (an AVX2 + FMA CPU and the
 // shapes below).

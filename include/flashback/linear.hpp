@@ -63,18 +63,25 @@ class LinearImpl : public torch::nn::Module {
 TORCH_MODULE(Linear);
 
 // Several projections of one input (q, k, v; gate, up), each as its forward()
-// gives it. With every weight kept quantized they share one kernel call (x
-// quantized once, one parallel region: at one token per step the threads'
-// meetings cost as much as small products).
+// gives it. With every weight dense, or every weight kept quantized, they
+// share one call (one parallel region; x quantized once: at one token per
+// step the threads' meetings cost as much as small products).
 inline std::vector<at::Tensor> project(const at::Tensor& x, const std::vector<const LinearImpl*>& ls, const Ops& ops) {
   std::vector<at::Tensor> ys;
-  std::vector<const QuantizedMatrix*> ws;
-  for (const LinearImpl* l : ls) ws.push_back(l->quantized.get());
-  if (std::find(ws.begin(), ws.end(), nullptr) != ws.end()) {
+  std::vector<const QuantizedMatrix*> qs;
+  std::vector<const at::Tensor*> ws;
+  for (const LinearImpl* l : ls) {
+    if (l->quantized) qs.push_back(l->quantized.get());
+    else ws.push_back(&l->weight);
+  }
+  if (qs.size() == ls.size()) {
+    ys = ops.quantized_linear(x, qs);
+  } else if (ws.size() == ls.size()) {
+    ys = ops.linear(x, ws);
+  } else {
     for (const LinearImpl* l : ls) ys.push_back(l->forward(x, ops));
     return ys;
   }
-  ys = ops.quantized_linear(x, ws);
   for (size_t i = 0; i < ls.size(); ++i) ys[i] = ls[i]->adapted(x, ys[i], ops);
   return ys;
 }

@@ -35,6 +35,8 @@ class Ops {
 
   // y = x W^T.   x: [..., in], w: [out, in] -> [..., out]
   at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const;
+  // Several matrices of one input at once where the kernel applies (one pass over x, one parallel region).
+  std::vector<at::Tensor> linear(const at::Tensor& x, const std::vector<const at::Tensor*>& ws) const;
 
   // y = x W^T for a matrix kept in ggml blocks (quantized.hpp).   x: [..., in] -> [..., out] in x's dtype.
   at::Tensor quantized_linear(const at::Tensor& x, const QuantizedMatrix& w) const;
