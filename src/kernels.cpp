@@ -66,9 +66,9 @@ FB_AVX2 inline void dot_tile(const WT* w, const float* const* x, int64_t K, floa
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     // bf16 weights: software prefetch 1 KiB ahead, ~10% more decode tokens/s than the hardware prefetcher
-    // alone. fp32 weights: none; there the same prefetch cost 8-12% (bench decode, fp32 134M at 512
-    // context, 2 threads: 55 vs 51 tok/s alternating in one process; 256 bytes ahead ties with none,
-    // 512-2048 lose), as it does a plain fp32 reduction (29 vs 25 GB/s).
+    // alone. fp32 weights: none; there the same prefetch cost 8-12% (decode steps of the 134M config at
+    // 512 context, 2 threads, with and without alternating in one process: 51 vs 55 tok/s; 256 bytes
+    // ahead ties with none, 512-2048 lose), as it does a plain fp32 reduction (25 vs 29 GB/s).
     if (sizeof(WT) == 2) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 1024, _MM_HINT_T0);
     for (int j = 0; j < 4; ++j) {
       const __m256 wv = load8(w + k + 8 * j);
