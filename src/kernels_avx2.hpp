@@ -6,12 +6,14 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FLASHBACK_X86_KERNELS 1
@@ -32,6 +34,23 @@ inline bool no_grad_needed(std::initializer_list<const at::Tensor*> ts) {
 
 // The CPU has F16C (fp16 <-> fp32 conversion; checked once at run time).
 bool cpu_has_f16c();
+
+// Several matrices of one input (q, k, v; gate, up) with rows[i] rows each, taken one after another in one
+// parallel region: each thread gets one contiguous block of the joint rows (at least `grain`), so it reads
+// its weights as one sequential stream and the threads meet once for all the matrices. Calls
+// f(i, n0, n1) for matrix i's rows [n0, n1). (Handing out small blocks on demand instead measured 5-12%
+// slower at decode: the reads stop being sequential.)
+template <class F>
+void joint_rows(const std::vector<int64_t>& rows, int64_t grain, const F& f) {
+  std::vector<int64_t> first = {0};
+  for (int64_t r : rows) first.push_back(first.back() + r);
+  at::parallel_for(0, first.back(), grain, [&](int64_t b, int64_t e) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t lo = std::max(b, first[i]), hi = std::min(e, first[i + 1]);
+      if (lo < hi) f(i, lo - first[i], hi - first[i]);
+    }
+  });
+}
 
 inline float to_f32(float v) { return v; }
 inline float to_f32(c10::BFloat16 v) { return static_cast<float>(v); }

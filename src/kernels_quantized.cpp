@@ -131,23 +131,21 @@ std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<
   const int64_t K = x.size(-1), M = x.numel() / K, nb = K / 32;
   at::Tensor xf = x.to(at::kFloat).contiguous();  // [M, K]
   std::vector<at::Tensor> ys;
-  std::vector<int64_t> first = {0};  // the matrices' rows, one after another
+  std::vector<int64_t> rows;
   for (const QuantizedMatrix* w : ws) {
     ys.push_back(at::empty({M, w->rows}, at::kFloat));  // [M, N_i]
-    first.push_back(first.back() + w->rows);
+    rows.push_back(w->rows);
   }
 #ifdef FLASHBACK_X86_KERNELS
   std::vector<Q8Block> xq(static_cast<size_t>(M * nb));
   for (int64_t m = 0; m < M; ++m) quantize_row(xf.data_ptr<float>() + m * K, K, xq.data() + m * nb);
   // One parallel region for all the matrices: x is quantized once and the threads meet once.
-  at::parallel_for(0, first.back(), 64, [&](int64_t r0, int64_t r1) {
-    for (size_t i = 0; i < ws.size(); ++i) {
-      const int64_t lo = std::max(r0, first[i]), hi = std::min(r1, first[i + 1]), N = ws[i]->rows, rb = ws[i]->row_bytes();
-      const uint8_t* W = ws[i]->data.data_ptr<uint8_t>();
-      float* Y = ys[i].data_ptr<float>();
-      for (int64_t n = lo - first[i]; n < hi - first[i]; ++n)
-        for (int64_t m = 0; m < M; ++m) Y[m * N + n] = dot_row(ws[i]->type, W + n * rb, xq.data() + m * nb, nb);
-    }
+  detail::joint_rows(rows, 64, [&](size_t i, int64_t n0, int64_t n1) {
+    const int64_t N = rows[i], rb = ws[i]->row_bytes();
+    const uint8_t* W = ws[i]->data.data_ptr<uint8_t>();
+    float* Y = ys[i].data_ptr<float>();
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < M; ++m) Y[m * N + n] = dot_row(ws[i]->type, W + n * rb, xq.data() + m * nb, nb);
   });
 #endif
   for (size_t i = 0; i < ws.size(); ++i) {
