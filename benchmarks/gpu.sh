@@ -10,10 +10,14 @@
 # There:         device run, carry [".gpu-deps"], command "benchmarks/gpu.sh"
 # A dry run:     benchmarks/gpu.sh --device cpu --tiny   (a tiny model, fp32, on the CPU; FLASHBACK_GPU_BUILD
 #                may name an existing build, e.g. build-torch2, and PYTHON a Python with torch 2 + transformers)
+# --points "I/T ..." orders the init/total points (the most wanted first); --budget S skips what would start
+# after S seconds, so that the summary is still written inside a lease. Under the device tool everything
+# comes back as one file, $OUT/gpu-out.tgz, rewritten after each step (its 8-file limit; a run cut short
+# still returns what finished).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
-points="512/1024 1536/2048 3584/4096"
+points="512/1024 1536/2048 3584/4096" budget=0
 config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
 while [ $# -gt 0 ]; do
   case $1 in
@@ -25,6 +29,8 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift ;;
     --tiny) tiny=1 ;;
     --dtypes) dtypes=$2; shift ;;
+    --points) points=$2; shift ;;
+    --budget) budget=$2; shift ;;
     --hf-dtypes) hf_dtypes=$2; shift ;;
     *) echo "gpu.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -33,11 +39,27 @@ done
 if [ "$tiny" = 1 ]; then
   config=hidden=64,layers=2,heads=4,kv_heads=2,ffn=128,vocab=300 points="96/256" dtypes=fp32 hf_dtypes=fp32
 fi
-out=${OUT:-$root/build-gpu/out}
-mkdir -p "$out"
+out=$root/build-gpu/out
+rm -rf "$out" && mkdir -p "$out"
 py=${PYTHON:-python3}
-log() { echo "[gpu.sh $(date +%H:%M:%S)] $*" >&2; }
-"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())" >&2
+start=$SECONDS
+log() { echo "[gpu.sh $(date +%H:%M:%S) +$((SECONDS - start))s] $*" | tee -a "$out/gpu.log" >&2; }
+# Everything so far as one file under $OUT (written aside, then renamed: a cut-short run leaves the last whole one).
+ship() { [ -n "${OUT:-}" ] && tar czf "$OUT/.gpu-out.tgz" -C "$out" . && mv "$OUT/.gpu-out.tgz" "$OUT/gpu-out.tgz" || true; }
+# Runs a step unless the budget is spent; the step's commands run under "${tmo[@]}", which stops them when it is.
+tmo=()
+step() {
+  tmo=()
+  if [ "$budget" -gt 0 ]; then
+    local left=$((budget - (SECONDS - start)))
+    if [ "$left" -le 0 ]; then log "skipped (budget spent): $*"; return 0; fi
+    tmo=(timeout "$left")
+  fi
+  "$@" || log "failed or stopped (rc $?): $*"
+  ship
+}
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())" 2>&1 | tee -a "$out/gpu.log" >&2
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv >>"$out/gpu.log" 2>&1 || true
 
 # ---- build (an existing build dir is only brought up to date)
 build=${FLASHBACK_GPU_BUILD:-$root/build-gpu}
@@ -50,44 +72,65 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   log "configuring $build against $torch_cmake"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr" \
     -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF \
-    -DPython3_EXECUTABLE="$(command -v "$py")" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+    -DPython3_EXECUTABLE="$(command -v "$py")" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; ship; exit 1; }
 fi
 log "building flashback_cli flashback_tests in $build"
-cmake --build "$build" -j"$(nproc)" --target flashback_cli flashback_tests >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+cmake --build "$build" -j"$(nproc)" --target flashback_cli flashback_tests >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; ship; exit 1; }
 exe=$build/flashback
+log "built"
+ship
 
 # ---- the CUDA tests (skipped, visibly, on a machine without a GPU)
 log "flashback_tests [cuda]"
-"$build/tests/flashback_tests" "[cuda]" 2>&1 | tee "$out/cuda_tests.log" | tail -4
+"$build/tests/flashback_tests" "[cuda]" >"$out/cuda_tests.log" 2>&1 || log "flashback_tests [cuda] failed (rc $?)"
+tail -4 "$out/cuda_tests.log" >&2
+ship
 
 # ---- the paper's runtime test, flashback and HF side by side
+bench_fb() {  # dtype init total
+  "${tmo[@]}" "$exe" bench ralm --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" --repeats 1 --json \
+    >"$out/flashback-$1-$2-$3.json" 2>>"$out/gpu.log"
+  tail -1 "$out/flashback-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('flashback', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j.get('speedup_append_over_prepend') or 0, 2))" >&2
+}
+bench_hf() {  # dtype init total
+  "${tmo[@]}" "$py" "$root/benchmarks/hf_ralm.py" --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" \
+    >"$out/hf-$1-$2-$3.json" 2>>"$out/gpu.log"
+  tail -1 "$out/hf-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('hf', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j['speedup_append_over_prepend'] or 0, 2))" >&2
+}
 for point in $points; do
   init=${point%/*} total=${point#*/}
   for dt in ${dtypes//,/ }; do
     log "flashback bench ralm $dt $init/$total"
-    "$exe" bench ralm --config "$config" --dtype "$dt" --device "$device" --init "$init" --total "$total" \
-      --repeats 1 --json >"$out/flashback-$dt-$init-$total.json"
-  done
-  for dt in ${hf_dtypes//,/ }; do
-    log "hf_ralm $dt $init/$total"
-    "$py" "$root/benchmarks/hf_ralm.py" --config "$config" --dtype "$dt" --device "$device" --init "$init" \
-      --total "$total" >"$out/hf-$dt-$init-$total.json"
+    step bench_fb "$dt" "$init" "$total"
+    for hdt in ${hf_dtypes//,/ }; do
+      [ "$hdt" = "$dt" ] || continue  # HF beside the flashback run of its dtype, while both are fresh
+      log "hf_ralm $hdt $init/$total"
+      step bench_hf "$hdt" "$init" "$total"
+    done
   done
 done
 
-"$py" - "$out" <<'EOF'
+summary=0
+"$py" - "$out" <<'EOF' || summary=$?
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 rows, bad = [], []
+def last_json(f):  # a step stopped by the budget leaves an empty or partial file: left out of the table
+    try:
+        return json.loads(f.read_text().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
 for f in sorted(out.glob("flashback-*.json")):
-    fb = json.loads(f.read_text().strip().splitlines()[-1])
+    fb = last_json(f)
+    if fb is None:
+        continue
     m = {e["mode"]: e for e in fb["modes"]}
     row = {"dtype": fb["dtype"], "init": fb["init"], "total": fb["total"], "flashback_append_s": m["append"]["seconds"],
            "flashback_prepend_s": m["prepend"]["seconds"], "flashback_speedup": fb.get("speedup_append_over_prepend")}
     hf_file = out / f"hf-{fb['dtype']}-{fb['init']}-{fb['total']}.json"
-    if hf_file.exists():
-        hf = json.loads(hf_file.read_text().strip().splitlines()[-1])
+    hf = last_json(hf_file) if hf_file.exists() else None
+    if hf is not None:
         h = {e["mode"]: e for e in hf["modes"]}
         for mode in ("append", "prepend"):  # the same protocol: the same tokens encoded and decoded
             if h[mode]["tokens_encoded"] != m[mode]["tokens_reencoded"] or h[mode]["generated"] != m[mode]["generated"]:
@@ -104,3 +147,5 @@ if bad:
     sys.exit("gpu.sh: the two protocols differ: " + "; ".join(bad))
 EOF
 log "done: $out/gpu.json"
+ship
+exit "$summary"

@@ -116,6 +116,11 @@ def main() -> int:
     vocab = cfg["vocab_size"]
     marks = (vocab - 2, vocab - 1)  # two rows of the vocabulary stand for the marks (random weights either way)
     init = torch.randint(1, vocab - 2, (args.init,), generator=torch.Generator().manual_seed(args.seed + 1))
+    # Untimed, each mode once on a short input: CUDA's context, cuBLAS handles and kernel loading.
+    warm_init = init[: 2 * args.stride]
+    for mode in ("append", "prepend"):
+        run(model, mode, warm_init, len(warm_init) + args.doc + 2 * args.stride, args.stride, args.doc, marks,
+            args.seed, device)
     runs = {"append": [], "prepend": []}
     for rep in range(args.repeats):
         for mode in (["append", "prepend"] if rep % 2 == 0 else ["prepend", "append"]):
