@@ -17,7 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
-points="512/1024 1536/2048 3584/4096" budget=0
+points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048
 config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
 while [ $# -gt 0 ]; do
   case $1 in
@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$tiny" = 1 ]; then
   config=hidden=64,layers=2,heads=4,kv_heads=2,ffn=128,vocab=300 points="96/256" dtypes=fp32 hf_dtypes=fp32
+  decode_context=128
 fi
 out=$root/build-gpu/out
 rm -rf "$out" && mkdir -p "$out"
@@ -97,6 +98,11 @@ bench_hf() {  # dtype init total
     >"$out/hf-$1-$2-$3.json" 2>>"$out/gpu.log"
   tail -1 "$out/hf-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('hf', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j['speedup_append_over_prepend'] or 0, 2))" >&2
 }
+bench_decode() {  # dtype context: tokens/s of decode steps against the device's own read bandwidth
+  "${tmo[@]}" "$exe" bench decode --config "$config" --dtype "$1" --device "$device" --context "$2" --repeats 3 \
+    >"$out/decode-$1-$2.txt" 2>>"$out/gpu.log"
+  cat "$out/decode-$1-$2.txt" >&2
+}
 for point in $points; do
   init=${point%/*} total=${point#*/}
   for dt in ${dtypes//,/ }; do
@@ -108,6 +114,11 @@ for point in $points; do
       step bench_hf "$hdt" "$init" "$total"
     done
   done
+done
+
+for dt in ${dtypes//,/ }; do
+  log "flashback bench decode $dt at $decode_context"
+  step bench_decode "$dt" "$decode_context"
 done
 
 summary=0

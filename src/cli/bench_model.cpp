@@ -253,7 +253,9 @@ void bench_decode(BenchModelArgs a) {
   // The KV cache read by the middle step of the run.
   const double kv_bytes = 2.0 * c.num_hidden_layers * c.kv_dim() * (a.context + a.tokens / 2.0) * elem;
   const double bytes = weight_bytes + kv_bytes;
-  at::Tensor bw_buffer = at::ones({int64_t(1) << 27}, at::kFloat);  // [128 Mi] fp32 = 512 MiB
+  // On the model's device: a GPU's floor is its own memory's bandwidth (2 GiB there, far past its L2).
+  const bool host = m.device().is_cpu();
+  at::Tensor bw_buffer = at::ones({int64_t(1) << (host ? 27 : 29)}, at::TensorOptions().device(m.device()));  // fp32: 512 MiB | 2 GiB
   (void)bw_buffer.sum().item<float>();
   // Per repeat: tokens/s over the floor measured right after it; medians.
   auto shares = [&](const DecodeTiming& t) {

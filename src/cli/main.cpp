@@ -31,10 +31,12 @@ int main(int argc, char** argv) {
   flashback::cli::add_tokenize(app);
   flashback::cli::add_info(app);
   flashback::cli::add_convert(app);
+#if FLASHBACK_WITH_RETRIEVAL  // the commands that need an index (Xapian, Eigen); bench ralm needs none
   flashback::cli::add_index(app);
   flashback::cli::add_retrieve(app);
   flashback::cli::add_ralm(app);
   flashback::cli::add_eval(app);
+#endif
   flashback::cli::add_bench(app);
   try {
     app.parse(argc, argv);
