@@ -10,14 +10,15 @@
 # There:         device run, carry [".gpu-deps"], command "benchmarks/gpu.sh"
 # A dry run:     benchmarks/gpu.sh --device cpu --tiny   (a tiny model, fp32, on the CPU; FLASHBACK_GPU_BUILD
 #                may name an existing build, e.g. build-torch2, and PYTHON a Python with torch 2 + transformers)
-# --points "I/T ..." orders the init/total points (the most wanted first); --budget S skips what would start
+# --points "I/T ..." orders the init/total points (the most wanted first), --hf-points "I/T ..." runs HF at
+# those only (default: all); --budget S skips what would start
 # after S seconds, so that the summary is still written inside a lease. Under the device tool everything
 # comes back as one file, $OUT/gpu-out.tgz, rewritten after each step (its 8-file limit; a run cut short
 # still returns what finished).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
-points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048
+points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048 hf_points=
 config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,6 +31,7 @@ while [ $# -gt 0 ]; do
     --tiny) tiny=1 ;;
     --dtypes) dtypes=$2; shift ;;
     --points) points=$2; shift ;;
+    --hf-points) hf_points=$2; shift ;;
     --budget) budget=$2; shift ;;
     --hf-dtypes) hf_dtypes=$2; shift ;;
     *) echo "gpu.sh: unknown argument $1" >&2; exit 2 ;;
@@ -110,6 +112,7 @@ for point in $points; do
     step bench_fb "$dt" "$init" "$total"
     for hdt in ${hf_dtypes//,/ }; do
       [ "$hdt" = "$dt" ] || continue  # HF beside the flashback run of its dtype, while both are fresh
+      [ -z "$hf_points" ] || [[ " $hf_points " == *" $point "* ]] || continue
       log "hf_ralm $hdt $init/$total"
       step bench_hf "$hdt" "$init" "$total"
     done

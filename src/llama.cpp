@@ -195,6 +195,13 @@ void check_compute(at::ScalarType dtype, const at::Device& device) {
   if (dtype == at::kHalf && !half_matmul_works(device))
     throw InvalidArgument("float16 compute is not supported on this device by this LibTorch; use float32 or bfloat16");
 }
+
+// "cuda" names the current device: the model keeps it with its index, as every tensor made there reports
+// it, so that the inputs' and the cache's devices compare equal to the model's.
+at::Device with_index(const at::Device& device) {
+  if (device.is_cpu() || device.has_index()) return device;
+  return at::empty({0}, at::TensorOptions().device(device)).device();
+}
 }  // namespace
 
 bool supports_dtype(at::ScalarType dtype, const at::Device& device) {
@@ -210,6 +217,7 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config, LlamaForCausalLMO
     : config_(std::move(config)), options_(options), ops_(options.kernels) {
   config_.validate("LlamaConfig");
   check_compute(options_.dtype, options_.device);
+  options_.device = with_index(options_.device);
   auto topts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
   model = register_module("model", LlamaModel(config_, topts));
   if (!config_.tie_word_embeddings)
@@ -446,9 +454,9 @@ void LlamaForCausalLMImpl::to(at::Device device, at::ScalarType dtype, bool non_
   if (!device.is_cpu() && keeps_quantized())
     throw InvalidArgument("quantized weights run on the CPU only: load the model without keep_quantized for " + device.str());
   torch::nn::Module::to(device, dtype, non_blocking);
-  options_.device = device;
+  options_.device = with_index(device);
   options_.dtype = dtype;
-  rope_ = make_rotary_tables(config_, device);
+  rope_ = make_rotary_tables(config_, options_.device);
 }
 
 void LlamaForCausalLMImpl::to(at::ScalarType dtype, bool non_blocking) {
@@ -462,8 +470,8 @@ void LlamaForCausalLMImpl::to(at::Device device, bool non_blocking) {
   if (!device.is_cpu() && keeps_quantized())
     throw InvalidArgument("quantized weights run on the CPU only: load the model without keep_quantized for " + device.str());
   torch::nn::Module::to(device, non_blocking);
-  options_.device = device;
-  rope_ = make_rotary_tables(config_, device);
+  options_.device = with_index(device);
+  rope_ = make_rotary_tables(config_, options_.device);
 }
 
 }  // namespace flashback

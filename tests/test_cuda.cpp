@@ -109,11 +109,14 @@ TEST_CASE("contexts keep exact KV reuse and the paper's re-encoding counts (cpu;
 TEST_CASE("cuda: bfloat16 and float16 run on the device", "[cuda][dtype]") {
   if (!have_cuda()) return;
   c10::InferenceMode guard;
-  LlamaForCausalLM f32 = model_on(at::Device("cuda"));
   at::Tensor tokens = at::randint(0, 101, {1, 25}, at::kLong);
-  at::Tensor want = f32->forward(tokens).cpu();
   for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
     LlamaForCausalLM m = model_on(at::Device("cuda"), dt);
+    // The reference: the same weights (drawn on the device in dt) widened into an fp32 model.
+    LlamaForCausalLM f32 = model_on(at::Device("cuda"));
+    const auto narrow = m->named_parameters();
+    for (auto& p : f32->named_parameters()) p.value().copy_(*narrow.find(p.key()));
+    at::Tensor want = f32->forward(tokens).cpu();
     CHECK(max_abs_diff(m->forward(tokens).cpu(), want) < 0.1);
     CHECK(run(ContextMode::Append, *m, true).ids.size() == 40);
   }
