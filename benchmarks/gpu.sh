@@ -11,14 +11,14 @@
 # A dry run:     benchmarks/gpu.sh --device cpu --tiny   (a tiny model, fp32, on the CPU; FLASHBACK_GPU_BUILD
 #                may name an existing build, e.g. build-torch2, and PYTHON a Python with torch 2 + transformers)
 # --points "I/T ..." orders the init/total points (the most wanted first), --hf-points "I/T ..." runs HF at
-# those only (default: all); --budget S skips what would start
+# those only (default: all), --repeats N flashback's repeats (2: each mode both first and second); --budget S skips what would start
 # after S seconds, so that the summary is still written inside a lease. Under the device tool everything
 # comes back as one file, $OUT/gpu-out.tgz, rewritten after each step (its 8-file limit; a run cut short
 # still returns what finished).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
-points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048 hf_points=
+points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048 hf_points= repeats=2
 config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
 while [ $# -gt 0 ]; do
   case $1 in
@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
     --dtypes) dtypes=$2; shift ;;
     --points) points=$2; shift ;;
     --hf-points) hf_points=$2; shift ;;
+    --repeats) repeats=$2; shift ;;
     --budget) budget=$2; shift ;;
     --hf-dtypes) hf_dtypes=$2; shift ;;
     *) echo "gpu.sh: unknown argument $1" >&2; exit 2 ;;
@@ -91,7 +92,7 @@ ship
 
 # ---- the paper's runtime test, flashback and HF side by side
 bench_fb() {  # dtype init total
-  "${tmo[@]}" "$exe" bench ralm --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" --repeats 1 --json \
+  "${tmo[@]}" "$exe" bench ralm --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" --repeats "$repeats" --json \
     >"$out/flashback-$1-$2-$3.json" 2>>"$out/gpu.log"
   tail -1 "$out/flashback-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('flashback', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j.get('speedup_append_over_prepend') or 0, 2))" >&2
 }
@@ -105,6 +106,17 @@ bench_decode() {  # dtype context: tokens/s of decode steps against the device's
     >"$out/decode-$1-$2.txt" 2>>"$out/gpu.log"
   cat "$out/decode-$1-$2.txt" >&2
 }
+# The GPU's clocks and load once a second while everything runs (a light, launch-bound load may run at
+# lower clocks than a heavy one: the two modes' times are read against this).
+if [ "$device" != cpu ] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi dmon -s puc -o T >"$out/dmon.log" 2>&1 &
+  dmon=$!
+  trap 'kill $dmon 2>/dev/null || true' EXIT
+fi
+for dt in ${dtypes//,/ }; do
+  log "flashback bench decode $dt at $decode_context"
+  step bench_decode "$dt" "$decode_context"
+done
 for point in $points; do
   init=${point%/*} total=${point#*/}
   for dt in ${dtypes//,/ }; do
@@ -117,11 +129,6 @@ for point in $points; do
       step bench_hf "$hdt" "$init" "$total"
     done
   done
-done
-
-for dt in ${dtypes//,/ }; do
-  log "flashback bench decode $dt at $decode_context"
-  step bench_decode "$dt" "$decode_context"
 done
 
 summary=0

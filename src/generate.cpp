@@ -36,14 +36,14 @@ GenerateResult generate(LlamaForCausalLMImpl& model, KVCacheStore& cache, const 
 
 at::Tensor prefill(LlamaForCausalLMImpl& model, KVCacheStore& cache, const std::vector<int64_t>& tokens) {
   if (tokens.empty()) throw InvalidArgument("prefill needs at least one token");
-  at::Tensor ids = at::tensor(tokens, at::kLong).view({1, -1}).to(model.device());  // [1, T]
-  at::Tensor h = model.hidden_states(ids, {}, &cache);                              // [1, T, C]
-  return model.logits(h.select(1, h.size(1) - 1)).squeeze(0);                       // [V]
+  at::Tensor ids = at::tensor(tokens, at::kLong).view({1, -1});  // [1, T], on the host: checked there, copied once
+  at::Tensor h = model.hidden_states(ids, {}, &cache);           // [1, T, C]
+  return model.logits(h.select(1, h.size(1) - 1)).squeeze(0);    // [V]
 }
 
 at::Tensor decode_step(LlamaForCausalLMImpl& model, KVCacheStore& cache, int64_t token) {
-  at::Tensor ids = at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(model.device()));  // [1, 1]
-  return model.forward(ids, {}, cache).view({-1});                                                        // [V]
+  at::Tensor ids = at::full({1, 1}, token, at::kLong);  // [1, 1], on the host (as prefill's)
+  return model.forward(ids, {}, cache).view({-1});      // [V]
 }
 
 }  // namespace flashback

@@ -291,11 +291,11 @@ class ContextBase {
     if (!options_.kv_reuse) from = 0;
     effective_from_ = from;
     cache_->truncate(std::min(from, cache_->size()));
-    auto idx = at::TensorOptions().dtype(at::kLong).device(model_->device());
+    // On the host: the model checks them there (on a GPU a check of device ids waits for the device) and
+    // copies them once.
     at::Tensor ids = at::tensor(std::vector<int64_t>(layout_.begin() + from, layout_.end()), at::kLong)
-                         .view({1, -1}).to(idx.device());                                             // [1, n - from]
-    at::Tensor positions =
-        at::tensor(std::vector<int64_t>(positions_.begin() + from, positions_.end()), at::kLong).to(idx.device());  // [n - from]
+                         .view({1, -1});                                                               // [1, n - from]
+    at::Tensor positions = at::tensor(std::vector<int64_t>(positions_.begin() + from, positions_.end()), at::kLong);  // [n - from]
     at::Tensor h = model_->hidden_states(ids, positions, cache_);  // [1, n - from, C]
     encoded_ = n;
     ++stats_.forwards;
