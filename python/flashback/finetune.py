@@ -194,7 +194,8 @@ def finetune(model: LlamaForCausalLM, train_examples: Sequence[Example], eval_ex
                 loss.backward()
             step_loss += float(loss)
         if world > 1:
-            t = torch.tensor([step_loss])
+            # NCCL reduces device tensors only; gloo host ones.
+            t = torch.tensor([step_loss], device=model.device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(t)
             step_loss = float(t) / world
         if cfg.max_grad_norm > 0:

@@ -328,7 +328,7 @@ class LlamaForCausalLM(nn.Module):
         if loss != "target":
             raise ValueError(f"loss must be 'causal_lm' or 'target', not {loss!r}")
         h = self._core.hidden_states(input_ids, positions)   # [B, T, C]
-        targets = labels[:, 1:]                                # [B, T-1]: row t predicts token t+1
+        targets = labels[:, 1:].to(h.device)                   # [B, T-1]: row t predicts token t+1
         rows = targets != IGNORE_INDEX                         # [B, T-1]
         if not bool(rows.any()):
             raise ValueError("no labelled token in the batch: nothing to train on")

@@ -343,6 +343,16 @@ def test_loss_excludes_marks_and_scores_targets_only():
         flashback.target_loss(logits, labels, mark_left=8)
 
 
+def test_loss_moves_labels_to_the_logits_device():
+    """Labels made on the host score logits on another device, as HF's losses take them (a model on a GPU,
+    collate() on the CPU). The meta device stands in for the GPU: torch 2.x refuses the mix unmoved."""
+    logits = torch.randn(2, 5, 10, device="meta")
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 3], labels[1, 4] = 4, 7
+    assert flashback.causal_lm_loss(logits, labels).device.type == "meta"
+    assert flashback.target_loss(logits, labels).device.type == "meta"
+
+
 def test_labels_as_hf_takes_them():
     """model(input_ids, labels=...) shifts internally and ignores -100, as HF's LlamaForCausalLM; the output is
     a CausalLMOutput. Held to the formula of HF's ForCausalLMLoss written out here."""
