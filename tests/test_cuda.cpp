@@ -121,3 +121,58 @@ TEST_CASE("cuda: bfloat16 and float16 run on the device", "[cuda][dtype]") {
     CHECK(run(ContextMode::Append, *m, true).ids.size() == 40);
   }
 }
+
+namespace {
+// A LoRA training step on `device` against the same step on the CPU: every trainable gradient, within fp32
+// rounding. Run with the CPU as `device` everywhere (the harness is known to hold), with CUDA where lent.
+void check_lora_step(const at::Device& device) {
+  // The same base weights, adapter and perturbed B on both (dropout off: the steps are deterministic).
+  auto make = [] {
+    LlamaForCausalLM m(tiny_config(64, 2, 8, 2, 101, 512));
+    m->init_random(3);
+    LoraConfig c;
+    c.r = 4;
+    c.alpha = 8;
+    c.dropout = 0.0;
+    c.target_modules = lora_target_names();
+    c.trainable_token_indices = {99, 100};
+    at::manual_seed(5);
+    add_lora(*m, c);
+    mark_only_adapter_trainable(*m);
+    at::NoGradGuard no_grad;
+    at::manual_seed(6);
+    for (auto& p : m->named_parameters())
+      if (p.key().find("lora_B") != std::string::npos) p.value().add_(at::randn_like(p.value()) * 0.1);
+    return m;
+  };
+  LlamaForCausalLM cpu = make(), other = make();
+  other->to(device);
+  at::Tensor x = at::randint(0, 99, {2, 17}, at::kLong);
+  x.index_put_({0, 3}, 99);  // the mark rows train too
+  x.index_put_({1, 8}, 100);
+  for (LlamaForCausalLMImpl* m : {cpu.get(), other.get()}) {
+    m->train();
+    m->forward(x).logsumexp(-1).mean().backward();
+  }
+  const auto there = other->named_parameters();
+  int compared = 0;
+  for (auto& p : cpu->named_parameters()) {
+    if (!p.value().requires_grad()) continue;
+    INFO(p.key() << " on " << device.str());
+    const at::Tensor want = p.value().grad(), got = there.find(p.key())->grad();
+    REQUIRE(want.defined());
+    REQUIRE(got.defined());
+    CHECK(got.device().type() == device.type());
+    CHECK(want.abs().sum().item<double>() > 0);
+    CHECK(max_abs_diff(got.cpu(), want) < 1e-4 * (1.0 + want.abs().max().item<double>()));
+    ++compared;
+  }
+  CHECK(compared == 2 * 2 * 7 + 1);  // A and B of 7 targets in 2 layers, and the mark rows
+}
+}  // namespace
+
+TEST_CASE("a LoRA training step computes the CPU's gradients (cpu; cuda where lent)", "[cuda][lora]") {
+  check_lora_step(at::kCPU);
+  if (!have_cuda()) return;
+  check_lora_step(at::Device("cuda"));
+}
