@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, one prepared command for a lent GPU machine (short: a session has 15 minutes of device
 # time). It builds flashback against the machine's PyTorch (its LibTorch, CUDA on), runs the CUDA tests
-# (flashback_tests "[cuda]"), then the paper's runtime test on a Llama-2-7B-shaped model with random
+# (flashback_tests "[cuda]") and the Python workflow (benchmarks/gpu_python.py: logits, loss, gradients and
+# finetune() against the CPU's), then the paper's runtime test on a Llama-2-7B-shaped model with random
 # weights, `flashback bench ralm` and the same protocol in HF transformers (benchmarks/hf_ralm.py: eager,
 # DynamicCache cropped for append) side by side, at init/total 512/1024, 1536/2048, 3584/4096. It checks
 # that both encode the same tokens, writes every result to $OUT (or build-gpu/out) and prints the ratios.
@@ -9,7 +10,8 @@
 # Here, first:   benchmarks/gpu.sh --fetch-deps     (the Debian -dev packages a bare GPU image lacks -> .gpu-deps/)
 # There:         device run, carry [".gpu-deps"], command "benchmarks/gpu.sh"
 # A dry run:     benchmarks/gpu.sh --device cpu --tiny   (a tiny model, fp32, on the CPU; FLASHBACK_GPU_BUILD
-#                may name an existing build, e.g. build-torch2, and PYTHON a Python with torch 2 + transformers)
+#                may name an existing build, e.g. build-torch2, PYTHON a Python with torch 2 + transformers,
+#                FLASHBACK_GPU_PYTHON one with flashback installed for benchmarks/gpu_python.py)
 # --points "I/T ..." orders the init/total points (the most wanted first), --hf-points "I/T ..." runs HF at
 # those only (default: all), --repeats N flashback's repeats (2: each mode both first and second); --budget S skips what would start
 # after S seconds, so that the summary is still written inside a lease. Under the device tool everything
@@ -24,7 +26,8 @@ while [ $# -gt 0 ]; do
   case $1 in
     --fetch-deps)
       mkdir -p "$root/.gpu-deps" && cd "$root/.gpu-deps" &&
-        apt-get download libpcre2-dev libpcre2-8-0 catch2 libcli11-dev nlohmann-json3-dev 2>/dev/null
+        apt-get download libpcre2-dev libpcre2-8-0 catch2 libcli11-dev nlohmann-json3-dev libxapian-dev libxapian30 \
+          libeigen3-dev 2>/dev/null
       grep -qx '/.gpu-deps/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpu-deps/' >>"$root/.git/info/exclude"
       ls "$root/.gpu-deps"; exit 0 ;;
     --device) device=$2; shift ;;
@@ -73,13 +76,28 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     mkdir -p "$prefix" && for d in "$root"/.gpu-deps/*.deb; do dpkg -x "$d" "$prefix"; done
   fi
   torch_cmake=$("$py" -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
-  log "configuring $build against $torch_cmake"
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr" \
-    -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF \
-    -DPython3_EXECUTABLE="$(command -v "$py")" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; ship; exit 1; }
+  common=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr"
+          -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DPython3_EXECUTABLE="$(command -v "$py")")
+  # With Xapian and Eigen among the carried packages: retrieval and the Python extension too (the Python
+  # check below); else, or if that configuration fails, the library, CLI and C++ tests alone.
+  configured=0
+  if [ -f "$prefix/usr/include/xapian.h" ]; then
+    log "configuring $build against $torch_cmake (retrieval, Python)"
+    cmake "${common[@]}" -DFLASHBACK_WITH_RETRIEVAL=ON -DFLASHBACK_BUILD_PYTHON=ON \
+      -DXAPIAN_SHARED_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libxapian.so" -DXAPIAN_INCLUDE_DIR="$prefix/usr/include" \
+      -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir 2>/dev/null)" \
+      >"$out/configure.log" 2>&1 && configured=1 || { log "that configuration failed (configure.log); without them"; rm -rf "$build"; }
+  fi
+  if [ "$configured" = 0 ]; then
+    log "configuring $build against $torch_cmake"
+    cmake "${common[@]}" -DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF >>"$out/configure.log" 2>&1 ||
+      { tail -30 "$out/configure.log"; ship; exit 1; }
+  fi
 fi
-log "building flashback_cli flashback_tests in $build"
-cmake --build "$build" -j"$(nproc)" --target flashback_cli flashback_tests >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; ship; exit 1; }
+targets=(flashback_cli flashback_tests)
+grep -q "FLASHBACK_BUILD_PYTHON:BOOL=ON" "$build/CMakeCache.txt" && targets+=(flashback_python)
+log "building ${targets[*]} in $build"
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; ship; exit 1; }
 exe=$build/flashback
 log "built"
 ship
@@ -88,6 +106,25 @@ ship
 log "flashback_tests [cuda]"
 "$build/tests/flashback_tests" "[cuda]" >"$out/cuda_tests.log" 2>&1 || log "flashback_tests [cuda] failed (rc $?)"
 tail -4 "$out/cuda_tests.log" >&2
+ship
+
+# ---- the Python workflow on the device (benchmarks/gpu_python.py): the extension just built, laid out as
+# the package beside its Python files; else a Python that already has flashback (FLASHBACK_GPU_PYTHON).
+fbpy=${FLASHBACK_GPU_PYTHON:-$py}
+pkg=()
+if ls "$build"/python/flashback/_C*.so >/dev/null 2>&1; then
+  rm -rf "$build/pkg" && mkdir -p "$build/pkg/flashback"
+  cp "$root"/python/flashback/*.py "$build"/python/flashback/_C*.so "$build"/python/flashback/_build_info.py "$build/pkg/flashback/"
+  pkg=(env PYTHONPATH="$build/pkg")
+fi
+if "${pkg[@]}" "$fbpy" -c "import flashback" >/dev/null 2>&1; then
+  log "gpu_python.py"
+  "${pkg[@]}" "$fbpy" "$root/benchmarks/gpu_python.py" --device "$device" >"$out/gpu_python.json" 2>>"$out/gpu.log" ||
+    log "gpu_python.py failed (rc $?)"
+  cut -c1-400 "$out/gpu_python.json" >&2
+else
+  log "gpu_python.py skipped: no flashback Python here (a build without the extension, FLASHBACK_GPU_PYTHON unset)"
+fi
 ship
 
 # ---- the paper's runtime test, flashback and HF side by side
