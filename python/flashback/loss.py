@@ -19,9 +19,9 @@ IGNORE_INDEX = -100
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, mark_left: Optional[int] = None,
                reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of rows `logits` [..., V] against the tokens they predict, `targets` [...]
-    (already aligned: no shift; IGNORE_INDEX rows are skipped; on any device, moved to the logits'). With `mark_left` (<MARK_L>; <MARK_R>
-    follows it, both last in the vocabulary) the mark columns are dropped first; a mark as a target is an
-    error."""
+    (already aligned: no shift; IGNORE_INDEX rows are skipped; on any device, moved to the logits'). With
+    `mark_left` (<MARK_L>; <MARK_R> follows it, both last in the vocabulary) the mark columns are dropped
+    first; a mark as a target is an error."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
     targets = targets.to(logits.device)  # as HF's losses: labels made on the host score a model on the GPU
