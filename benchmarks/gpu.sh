@@ -13,14 +13,15 @@
 #                may name an existing build, e.g. build-torch2, PYTHON a Python with torch 2 + transformers,
 #                FLASHBACK_GPU_PYTHON one with flashback installed for benchmarks/gpu_python.py)
 # --points "I/T ..." orders the init/total points (the most wanted first), --hf-points "I/T ..." runs HF at
-# those only (default: all), --repeats N flashback's repeats (2: each mode both first and second); --budget S skips what would start
+# those only (default: all), --repeats N flashback's repeats (each after a full-size untimed run of every
+# mode: bench ralm's and hf_ralm.py's --warmup auto off the CPU); --budget S skips what would start
 # after S seconds, so that the summary is still written inside a lease. Under the device tool everything
 # comes back as one file, $OUT/gpu-out.tgz, rewritten after each step (its 8-file limit; a run cut short
 # still returns what finished).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 device=cuda tiny=0 dtypes=fp16,bf16 hf_dtypes=fp16
-points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048 hf_points= repeats=2
+points="512/1024 1536/2048 3584/4096" budget=0 decode_context=2048 hf_points= repeats=1
 config=hidden=4096,layers=32,heads=32,kv_heads=32,ffn=11008,vocab=32000  # Llama-2-7B's shape
 while [ $# -gt 0 ]; do
   case $1 in

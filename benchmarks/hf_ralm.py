@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--doc", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", default="auto", choices=["auto", "short", "full"],
+                    help="untimed run of each mode first: short, full (the timed size) or auto (full off the CPU)")
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -116,11 +118,13 @@ def main() -> int:
     vocab = cfg["vocab_size"]
     marks = (vocab - 2, vocab - 1)  # two rows of the vocabulary stand for the marks (random weights either way)
     init = torch.randint(1, vocab - 2, (args.init,), generator=torch.Generator().manual_seed(args.seed + 1))
-    # Untimed, each mode once on a short input: CUDA's context, cuBLAS handles and kernel loading.
-    warm_init = init[: 2 * args.stride]
+    # Untimed, each mode once first, as `flashback bench ralm --warmup`: CUDA's context, cuBLAS handles and
+    # each kernel shape's first use. Short: a few strides of input; full: the timed size (auto: off the CPU).
+    full = args.warmup == "full" or (args.warmup == "auto" and device.type != "cpu")
+    warm_init = init if full else init[: 2 * args.stride]
+    warm_total = args.total if full else len(warm_init) + args.doc + 2 * args.stride
     for mode in ("append", "prepend"):
-        run(model, mode, warm_init, len(warm_init) + args.doc + 2 * args.stride, args.stride, args.doc, marks,
-            args.seed, device)
+        run(model, mode, warm_init, warm_total, args.stride, args.doc, marks, args.seed, device)
     runs = {"append": [], "prepend": []}
     for rep in range(args.repeats):
         for mode in (["append", "prepend"] if rep % 2 == 0 else ["prepend", "append"]):
@@ -133,7 +137,8 @@ def main() -> int:
         modes.append({**rs[0], "seconds": secs[len(secs) // 2], "seconds_all": [r["seconds"] for r in rs]})
     out = {"bench": "hf_ralm", "transformers": __import__("transformers").__version__, "torch": torch.__version__,
            "config": args.config, "dtype": args.dtype, "device": str(device), "init": args.init, "total": args.total,
-           "stride": args.stride, "doc": args.doc, "repeats": args.repeats, "attention": "eager", "modes": modes}
+           "stride": args.stride, "doc": args.doc, "repeats": args.repeats, "warmup": "full" if full else "short",
+           "attention": "eager", "modes": modes}
     a, p = modes[0]["seconds"], modes[1]["seconds"]
     out["speedup_append_over_prepend"] = p / a if a > 0 else None
     print(json.dumps(out))

@@ -47,6 +47,7 @@ struct BenchRalmArgs {
   std::string kv_dtype;  // "": the model's
   std::string device = "cpu";
   std::string modes = "append,prepend";
+  std::string warmup = "auto";  // short | full | auto (full off the CPU)
   std::vector<int64_t> streams;  // batched stream counts (--streams); empty: the solo runs only
   int64_t init = 1536, total = 2048, stride = 16, doc = 128;
   int repeats = 1, threads = 0;
@@ -225,6 +226,8 @@ void bench_ralm(const BenchRalmArgs& a) {
     throw InvalidArgument("--total " + std::to_string(a.total) + " leaves nothing to generate after --init " +
                           std::to_string(a.init) + " and a --doc of " + std::to_string(a.doc));
   const std::vector<ContextMode> modes = parse_context_modes(a.modes);
+  if (a.warmup != "auto" && a.warmup != "short" && a.warmup != "full")
+    throw InvalidArgument("--warmup must be auto, short or full (got '" + a.warmup + "')");
   const int threads = init_threads(a.threads);
   const int64_t rss_start = bench::rss_bytes();  // the process before the model: code and libraries
   LlamaForCausalLM model =
@@ -247,11 +250,15 @@ void bench_ralm(const BenchRalmArgs& a) {
   std::vector<std::string> mismatches;                 // what differed, for the error
   std::set<std::pair<ContextMode, int64_t>> differing;  // (mode, n) with a stream that differed
 
-  // Untimed, each mode once on a short input: the first calls pay for kernel loading and, on a GPU, the
-  // context and BLAS handles, which would otherwise be charged to whichever mode runs first.
+  // Untimed, each mode once first: the first calls pay for kernel loading and, on a GPU, the context, the
+  // BLAS handles and each new kernel shape's first use, which would otherwise be charged to whichever mode
+  // runs first. Short: a few strides of input; full: the timed run's size (the default off the CPU).
+  const bool full_warmup = a.warmup == "full" || (a.warmup == "auto" && a.device != "cpu");
   BenchRalmArgs warm = a;
-  warm.init = std::min<int64_t>(a.init, 2 * a.stride);
-  warm.total = warm.init + a.doc + 2 * a.stride;
+  if (!full_warmup) {
+    warm.init = std::min<int64_t>(a.init, 2 * a.stride);
+    warm.total = warm.init + a.doc + 2 * a.stride;
+  }
   for (ContextMode m : modes) (void)run_mode(m, *model, cache, warm, a.seed);
 
   std::map<ContextMode, std::vector<RunResult>> runs;
@@ -303,6 +310,7 @@ void bench_ralm(const BenchRalmArgs& a) {
   j["doc"] = a.doc;
   j["threads"] = threads;
   j["repeats"] = a.repeats;
+  j["warmup"] = full_warmup ? "full" : "short";
   for (ContextMode m : modes) j["modes"].push_back(summarize(m, runs[m]));
   // Streams: tokens/s of n streams together against one stream alone (run_mode, the plain loop).
   for (ContextMode m : modes) {
@@ -380,6 +388,9 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--doc", a->doc, "tokens per document")->check(CLI::PositiveNumber);
   cmd->add_option("--modes", a->modes, "append,prepend (either or both; none also runs)");
   cmd->add_option("--repeats", a->repeats, "runs per mode (medians reported)")->check(CLI::Range(1, 100));
+  cmd->add_option("--warmup", a->warmup,
+                  "untimed run of each mode first: short (a few strides), full (the timed size) or auto (full off "
+                  "the CPU, where each kernel shape's first use is costly)");
   cmd->add_option("--streams", a->streams,
                   "also run N streams at once through shared forwards, e.g. 1,2,4,8: tokens/s of all N against one "
                   "stream alone; each stream's ids are checked against its solo run")

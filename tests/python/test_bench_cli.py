@@ -24,6 +24,7 @@ def test_bench_ralm_accounting_and_json():
               "--repeats", 2, "--json", "--threads", 1)
     j = json.loads(out.stdout)
     assert j["bench"] == "ralm" and j["repeats"] == 2 and j["parameters"] == SMALL_PARAMS
+    assert j["warmup"] == "short"  # auto on the CPU
     modes = {m["mode"]: m for m in j["modes"]}
     # 300 - 40 - 100 = 160 tokens generated, a retrieval before tokens 0, 16, ..., 144: 10 retrievals;
     # every generated token is appended but the last and the 9 held for the next retrieval: 150 decoded.
@@ -62,7 +63,15 @@ def test_bench_ralm_bad_arguments():
     fails("bench", "ralm", "--config", SMALL, "--init", 10, "--total", 200, "--modes", "append,sideways",
           contains=("sideways",))
     fails("bench", "ralm", "--config", "hidden=32,layers=x", contains=("layers",))
+    fails("bench", "ralm", "--config", SMALL, "--init", 10, "--total", 200, "--warmup", "twice",
+          contains=("--warmup", "twice"))
     fails("bench", "ralm", "--config", SMALL, "--dtype", "int8", "--init", 10, "--total", 200, contains=("int8",))
+
+
+def test_bench_ralm_full_warmup():
+    j = json.loads(run("bench", "ralm", "--config", SMALL, "--init", 40, "--total", 120, "--doc", 16, "--json",
+                       "--threads", 1, "--warmup", "full").stdout)
+    assert j["warmup"] == "full" and {m["mode"] for m in j["modes"]} == {"append", "prepend"}
 
 
 def test_bench_ralm_reports_memory():
