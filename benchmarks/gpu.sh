@@ -71,34 +71,43 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 
 # ---- build (an existing build dir is only brought up to date)
 build=${FLASHBACK_GPU_BUILD:-$root/build-gpu}
+prefix=/tmp/flashback-gpu-deps
+wipe_build() { find "$build" -mindepth 1 -maxdepth 1 ! -name out -exec rm -rf {} +; }  # keeps $out
+configure() {  # full (retrieval + Python, from the carried Xapian/Eigen) | core
+  local torch_cmake extra=()
+  torch_cmake=$("$py" -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
+  if [ "$1" = full ]; then
+    extra=(-DFLASHBACK_WITH_RETRIEVAL=ON -DFLASHBACK_BUILD_PYTHON=ON
+           -DXAPIAN_SHARED_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libxapian.so" -DXAPIAN_INCLUDE_DIR="$prefix/usr/include"
+           -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir 2>/dev/null)")
+  else
+    extra=(-DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF)
+  fi
+  log "configuring $build ($1) against $torch_cmake"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr" \
+    -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DPython3_EXECUTABLE="$(command -v "$py")" "${extra[@]}" \
+    >>"$out/configure.log" 2>&1
+}
+build_all() {
+  local targets=(flashback_cli flashback_tests)
+  grep -q "FLASHBACK_BUILD_PYTHON:BOOL=ON" "$build/CMakeCache.txt" && targets+=(flashback_python)
+  log "building ${targets[*]} in $build"
+  cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >>"$out/build.log" 2>&1
+}
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  prefix=/tmp/flashback-gpu-deps
   if ls "$root"/.gpu-deps/*.deb >/dev/null 2>&1; then
     mkdir -p "$prefix" && for d in "$root"/.gpu-deps/*.deb; do dpkg -x "$d" "$prefix"; done
   fi
-  torch_cmake=$("$py" -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
-  common=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake;$prefix/usr"
-          -DFLASHBACK_THIRD_PARTY_DIR="$prefix/usr/include" -DPython3_EXECUTABLE="$(command -v "$py")")
   # With Xapian and Eigen among the carried packages: retrieval and the Python extension too (the Python
-  # check below); else, or if that configuration fails, the library, CLI and C++ tests alone.
-  configured=0
-  if [ -f "$prefix/usr/include/xapian.h" ]; then
-    log "configuring $build against $torch_cmake (retrieval, Python)"
-    cmake "${common[@]}" -DFLASHBACK_WITH_RETRIEVAL=ON -DFLASHBACK_BUILD_PYTHON=ON \
-      -DXAPIAN_SHARED_LIBRARY="$prefix/usr/lib/x86_64-linux-gnu/libxapian.so" -DXAPIAN_INCLUDE_DIR="$prefix/usr/include" \
-      -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir 2>/dev/null)" \
-      >"$out/configure.log" 2>&1 && configured=1 || { log "that configuration failed (configure.log); without them"; rm -rf "$build"; }
-  fi
-  if [ "$configured" = 0 ]; then
-    log "configuring $build against $torch_cmake"
-    cmake "${common[@]}" -DFLASHBACK_WITH_RETRIEVAL=OFF -DFLASHBACK_BUILD_PYTHON=OFF >>"$out/configure.log" 2>&1 ||
-      { tail -30 "$out/configure.log"; ship; exit 1; }
+  # check below). If that fails to configure or build: the library, CLI and C++ tests alone.
+  if [ -f "$prefix/usr/include/xapian.h" ] && configure full && build_all; then
+    :
+  else
+    [ -f "$prefix/usr/include/xapian.h" ] && { log "the full build failed (configure.log, build.log): the core alone"; wipe_build; }
+    configure core || { tail -30 "$out/configure.log"; ship; exit 1; }
   fi
 fi
-targets=(flashback_cli flashback_tests)
-grep -q "FLASHBACK_BUILD_PYTHON:BOOL=ON" "$build/CMakeCache.txt" && targets+=(flashback_python)
-log "building ${targets[*]} in $build"
-cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; ship; exit 1; }
+build_all || { tail -40 "$out/build.log"; ship; exit 1; }
 exe=$build/flashback
 log "built"
 ship
