@@ -126,23 +126,14 @@ namespace {
 // A LoRA training step on `device` against the same step on the CPU: every trainable gradient, within fp32
 // rounding. Run with the CPU as `device` everywhere (the harness is known to hold), with CUDA where lent.
 void check_lora_step(const at::Device& device) {
-  // The same base weights, adapter and perturbed B on both (dropout off: the steps are deterministic).
+  // The same base weights, adapter and perturbed B and token rows on both (dropout off: deterministic steps).
   auto make = [] {
     LlamaForCausalLM m(tiny_config(64, 2, 8, 2, 101, 512));
     m->init_random(3);
-    LoraConfig c;
-    c.r = 4;
-    c.alpha = 8;
-    c.dropout = 0.0;
-    c.target_modules = lora_target_names();
-    c.trainable_token_indices = {99, 100};
     at::manual_seed(5);
-    add_lora(*m, c);
+    add_lora(*m, flashback::test::lora_all_targets(101));
     mark_only_adapter_trainable(*m);
-    at::NoGradGuard no_grad;
-    at::manual_seed(6);
-    for (auto& p : m->named_parameters())
-      if (p.key().find("lora_B") != std::string::npos) p.value().add_(at::randn_like(p.value()) * 0.1);
+    flashback::test::perturb_adapter(*m, 6);
     return m;
   };
   LlamaForCausalLM cpu = make(), other = make();

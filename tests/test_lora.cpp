@@ -13,7 +13,9 @@
 #include "test_util.hpp"
 
 using namespace flashback;
+using flashback::test::lora_all_targets;
 using flashback::test::max_abs_diff;
+using flashback::test::perturb_adapter;
 using flashback::test::shared;
 namespace fs = std::filesystem;
 
@@ -23,28 +25,6 @@ LlamaForCausalLM random_model(uint64_t seed, bool tied = false) {
   LlamaForCausalLM m(flashback::test::tiny_config(32, 2, 4, 2, 61, 64, tied));
   m->init_random(seed);
   return m;
-}
-
-LoraConfig all_targets(int64_t r = 4) {
-  LoraConfig c;
-  c.r = r;
-  c.alpha = 8;
-  c.dropout = 0.0;
-  c.target_modules = lora_target_names();
-  c.trainable_token_indices = {59, 60};
-  return c;
-}
-
-// Moves every LoRA B (zero at start) and the token rows, so the adapter does something.
-void perturb_adapter(LlamaForCausalLMImpl& m, uint64_t seed) {
-  at::manual_seed(seed);
-  at::NoGradGuard g;
-  for (auto& item : m.named_parameters()) {
-    const std::string& name = item.key();
-    at::Tensor& p = item.value();
-    if (name.find("lora_B") != std::string::npos || name.find("trainable_tokens_delta") != std::string::npos)
-      p.add_(at::randn_like(p) * 0.1);
-  }
 }
 
 std::string fixture(const std::string& name) { return shared("models/hf-fixtures/" + name); }
@@ -82,7 +62,7 @@ TEST_CASE("a fresh adapter is a no-op; merge and unmerge agree", "[lora]") {
     c10::InferenceMode g;
     before = m->forward(x);
   }
-  add_lora(*m, all_targets());
+  add_lora(*m, lora_all_targets(61));
   m->eval();
   c10::InferenceMode g;
   CHECK(at::equal(m->forward(x), before));  // B = 0 and the token rows start as copies
@@ -105,7 +85,7 @@ TEST_CASE("a fresh adapter is a no-op; merge and unmerge agree", "[lora]") {
 
 TEST_CASE("LoRA init: A Kaiming-uniform, B zero, scaling alpha/r, dropout only in training", "[lora]") {
   LlamaForCausalLM m = random_model(2);
-  LoraConfig c = all_targets(8);
+  LoraConfig c = lora_all_targets(61, 8);
   c.dropout = 0.5;
   add_lora(*m, c);
   Linear& q_proj = m->model->layer(0).self_attn->q_proj;
@@ -133,7 +113,7 @@ TEST_CASE("LoRA init: A Kaiming-uniform, B zero, scaling alpha/r, dropout only i
 
 TEST_CASE("only the adapter trains: gradients reach LoRA and the mark rows, nothing else", "[lora][train]") {
   LlamaForCausalLM m = random_model(3);
-  add_lora(*m, all_targets());
+  add_lora(*m, lora_all_targets(61));
   mark_only_adapter_trainable(*m);
   m->train();
   at::Tensor x = at::randint(0, 59, {2, 12}, at::kLong);
@@ -166,7 +146,7 @@ TEST_CASE("only the adapter trains: gradients reach LoRA and the mark rows, noth
 TEST_CASE("adapters round-trip through PEFT's file layout, atomically replaced", "[lora][io]") {
   const std::string dir = flashback::test::temp_dir("adapter") + "/ad";
   LlamaForCausalLM a = random_model(4);
-  add_lora(*a, all_targets());
+  add_lora(*a, lora_all_targets(61));
   perturb_adapter(*a, 5);
   save_adapter(*a, dir, "random-base");
   CHECK(fs::exists(dir + "/adapter_config.json"));
@@ -192,7 +172,7 @@ TEST_CASE("adapters round-trip through PEFT's file layout, atomically replaced",
 TEST_CASE("bad adapters fail with a clear error naming the file", "[lora][errors]") {
   const std::string root = flashback::test::temp_dir("badadapter");
   LlamaForCausalLM a = random_model(6);
-  add_lora(*a, all_targets(4));
+  add_lora(*a, lora_all_targets(61, 4));
   save_adapter(*a, root + "/good");
   auto expect_error = [](const std::function<void()>& fn, const std::string& part) {
     try {

@@ -10,6 +10,8 @@
 
 #include "flashback/config.hpp"
 #include "flashback/generate.hpp"
+#include "flashback/llama.hpp"
+#include "flashback/lora.hpp"
 #include "shared_path.hpp"
 
 namespace flashback::test {
@@ -58,6 +60,30 @@ inline LlamaConfig tiny_config(int64_t hidden, int64_t layers, int64_t heads, in
   c.rope_theta = 10000.0;
   c.rms_norm_eps = 1e-5;
   return c;
+}
+
+// LoRA on every target projection (alpha 8, no dropout) and the last two rows of a `vocab`-row embedding
+// (the marks) as trainable token rows.
+inline LoraConfig lora_all_targets(int64_t vocab, int64_t r = 4) {
+  LoraConfig c;
+  c.r = r;
+  c.alpha = 8;
+  c.dropout = 0.0;
+  c.target_modules = lora_target_names();
+  c.trainable_token_indices = {vocab - 2, vocab - 1};
+  return c;
+}
+
+// Moves every LoRA B (zero at start) and the token rows, so the adapter does something.
+inline void perturb_adapter(LlamaForCausalLMImpl& m, uint64_t seed) {
+  at::manual_seed(seed);
+  at::NoGradGuard g;
+  for (auto& item : m.named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    if (name.find("lora_B") != std::string::npos || name.find("trainable_tokens_delta") != std::string::npos)
+      p.add_(at::randn_like(p) * 0.1);
+  }
 }
 
 }  // namespace flashback::test
