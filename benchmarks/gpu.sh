@@ -138,15 +138,18 @@ fi
 ship
 
 # ---- the paper's runtime test, flashback and HF side by side
+summary() {  # label file: one line of a run's JSON (its last line): seconds per mode, the speedup
+  tail -1 "$2" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('$1', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j.get('speedup_append_over_prepend') or 0, 2))" >&2
+}
 bench_fb() {  # dtype init total
   "${tmo[@]}" "$exe" bench ralm --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" --repeats "$repeats" --json \
     >"$out/flashback-$1-$2-$3.json" 2>>"$out/gpu.log"
-  tail -1 "$out/flashback-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('flashback', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j.get('speedup_append_over_prepend') or 0, 2))" >&2
+  summary flashback "$out/flashback-$1-$2-$3.json"
 }
 bench_hf() {  # dtype init total
   "${tmo[@]}" "$py" "$root/benchmarks/hf_ralm.py" --config "$config" --dtype "$1" --device "$device" --init "$2" --total "$3" \
     >"$out/hf-$1-$2-$3.json" 2>>"$out/gpu.log"
-  tail -1 "$out/hf-$1-$2-$3.json" | "$py" -c "import json,sys; j=json.loads(sys.stdin.read()); print('hf', j['dtype'], j['init'], j['total'], *[(m['mode'], round(m['seconds'], 2)) for m in j['modes']], 'speedup', round(j['speedup_append_over_prepend'] or 0, 2))" >&2
+  summary hf "$out/hf-$1-$2-$3.json"
 }
 bench_decode() {  # dtype context: tokens/s of decode steps against the device's own read bandwidth
   "${tmo[@]}" "$exe" bench decode --config "$config" --dtype "$1" --device "$device" --context "$2" --repeats 3 \
