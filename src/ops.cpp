@@ -4,8 +4,10 @@
 #include "flashback/torch_compat.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "flashback/error.hpp"
@@ -99,6 +101,38 @@ std::pair<at::Tensor, at::Tensor> Ops::rotary(const at::Tensor& q, const at::Ten
 }
 
 // ---------------------------------------------------------------- attention
+namespace {
+// Whether FlashAttention-2 runs on each GPU, asked once per device with a one-row call: it refuses GPUs
+// before sm80 and LibTorch builds without it, and sdpa then serves.
+bool flash_attention_runs_on(const at::Tensor& q) {
+  constexpr int kDevices = 64;
+  static std::array<std::once_flag, kDevices> asked;
+  static std::array<bool, kDevices> runs{};
+  const int i = q.device().index();
+  if (i < 0 || i >= kDevices) return false;
+  std::call_once(asked[i], [&] {
+    try {
+      const at::Tensor x = at::zeros({1, 1, 1, q.size(3)}, q.options());  // [1, 1, 1, D]
+      (void)compat::flash_attention(x, x, x, /*causal=*/false);
+      runs[i] = true;
+    } catch (const c10::Error&) {
+      runs[i] = false;
+    }
+  });
+  return runs[i];
+}
+
+// FlashAttention-2 applies to these queries: a GPU, fp16/bf16, a head size it takes, and the rows being
+// the newest slots of the keys (its causal rule; every call of the model's forward is so).
+bool flash_attention_applies(const at::Tensor& q, const at::Tensor& k, int64_t start) {
+  if (!compat::kHasFlashAttention || !q.is_cuda() || !compat::flash_attention_enabled()) return false;
+  const at::ScalarType dt = q.scalar_type();
+  const int64_t D = q.size(3);
+  return (dt == at::kHalf || dt == at::kBFloat16) && k.scalar_type() == dt && D % 8 == 0 && D <= 256 &&
+         start + q.size(2) == k.size(2) && q.size(1) % k.size(1) == 0 && flash_attention_runs_on(q);
+}
+}  // namespace
+
 at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) const {
   // One new token (decode): the kernel reads each cached key and value once,
   // in its storage dtype.
@@ -113,6 +147,10 @@ at::Tensor Ops::attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   // A cache kept in another dtype (kv_dtype) is converted to the queries' for LibTorch's ops (the kernels
   // above read it as it is stored).
   const at::Tensor kq = k.to(q.scalar_type()), vq = v.to(q.scalar_type());  // [B, Hkv, S, D]
+  // On a GPU, FlashAttention-2 by name: sdpa would pick cuDNN's attention first on Hopper and Blackwell,
+  // which builds an execution plan for every new key length (~60 ms each, once per shape): every decode
+  // step and every re-encode brings a new one (docs/performance.md, "On a GPU").
+  if (flash_attention_applies(q, kq, start)) return compat::flash_attention(q, kq, vq, /*causal=*/q.size(2) > 1);
   if (compat::kHasSdpa && (!q.is_cpu() || q.size(2) > 1)) return fused_causal_attention(q, kq, vq, start);
   return grouped_causal_attention(q, kq, vq, start);
 }

@@ -167,3 +167,40 @@ TEST_CASE("a LoRA training step computes the CPU's gradients (cpu; cuda where le
   if (!have_cuda()) return;
   check_lora_step(at::Device("cuda"));
 }
+
+namespace {
+// Attention as a forward calls it (queries at the newest `T` slots, keys and values views of a larger
+// cache, fewer KV heads) on `device` in `dtype` against LibTorch's ops in fp64 on the host. On a GPU in
+// fp16/bf16 this is FlashAttention-2 called by name, whose causal rows must line up with the newest keys:
+// a re-encode of T rows after `start` cached ones sees [0, start + t], not [0, t].
+void check_attention(const at::Device& device, at::ScalarType dtype, double tol) {
+  c10::InferenceMode guard;
+  const Ops ops(Kernels::Auto);
+  at::manual_seed(11);
+  struct Case {
+    int64_t T, start, D;
+  };
+  for (const Case c : {Case{1, 0, 64}, Case{1, 37, 64}, Case{6, 0, 64}, Case{7, 30, 64}, Case{64, 100, 128}, Case{3, 9, 8}}) {
+    INFO("T " << c.T << " start " << c.start << " D " << c.D << " " << c10::toString(dtype) << " on " << device.str());
+    const int64_t B = 2, H = 8, Hkv = 2, S = c.start + c.T, capacity = S + 13;
+    at::Tensor q = at::randn({B, H, c.T, c.D}, at::kDouble);
+    at::Tensor cache_k = at::randn({B, Hkv, capacity, c.D}, at::kDouble);  // [B, Hkv, capacity, D]
+    at::Tensor cache_v = at::randn({B, Hkv, capacity, c.D}, at::kDouble);
+    at::Tensor want = grouped_causal_attention(q, cache_k.narrow(2, 0, S), cache_v.narrow(2, 0, S), c.start);
+    auto to = [&](const at::Tensor& t) { return t.to(device, dtype); };
+    at::Tensor k = to(cache_k), v = to(cache_v);
+    at::Tensor got = ops.attention(to(q), k.narrow(2, 0, S), v.narrow(2, 0, S), c.start);  // [B, H, T, D]
+    REQUIRE(got.sizes() == want.sizes());
+    CHECK(max_abs_diff(got.to(at::kCPU, at::kDouble), want) < tol);
+  }
+}
+}  // namespace
+
+TEST_CASE("attention rows line up with the newest cached keys in every dtype (cpu; cuda where lent)", "[cuda][attention]") {
+  check_attention(at::kCPU, at::kFloat, 1e-5);
+  check_attention(at::kCPU, at::kBFloat16, 3e-2);
+  if (!have_cuda()) return;
+  check_attention(at::Device("cuda"), at::kFloat, 1e-4);
+  check_attention(at::Device("cuda"), at::kBFloat16, 3e-2);
+  check_attention(at::Device("cuda"), at::kHalf, 4e-3);
+}
