@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flashback beside llama.cpp: the same GGUF files, the same machine, one run.
 
-    .venv/bin/python benchmarks/peers.py [--repeats 3] [--models fp32,bf16,q4_1]
+    .venv/bin/python benchmarks/peers.py [--repeats 3] [--models fp32,bf16,q4_1,q4_k_m]
 
 The peer is PyPI's llama-cpp-python (its low-level API, the C functions
 llama.cpp's own tools call). Per model, alternating flashback and llama.cpp
@@ -16,7 +16,8 @@ warm-up inside the process, both engines alike):
     (In-Context RALM: a cleared cache, everything re-encoded).
 Models: a random 134M Llama (hidden 768, 12 layers, the Llama-2 tokenizer)
 written by flashback as an F32 and a BF16 GGUF, and SmolLM2-135M's own Q4_1
-GGUF (flashback keeping its blocks: --keep-quantized). The re-encoded and
+GGUF (flashback keeping its blocks: --keep-quantized), and the 134M's F32
+file quantized to Q4_K_M by llama.cpp's own quantizer (blocks kept too). The re-encoded and
 decoded token counts of both engines must be equal
 (checked). llama.cpp first gets its best settings: a tuning pass times flash
 attention on/off, an F16/F32 KV cache and micro-batches of 512/2048 on each
@@ -256,6 +257,28 @@ def make_models(args) -> list[dict]:
                 log(f"writing {path}")
                 C.Model.random(json.dumps(CONFIG_134M), 0, "float32").save_gguf(str(path), tok, key)
             out.append({"key": key, "label": f"134M {key.upper()}", "path": str(path), "flashback_dtype": key})
+        elif key == "q4_k_m":
+            # The F32 file quantized by llama.cpp's own quantizer: Q4_K, Q6_K where its recipe says (the
+            # 134M's rows, 768 and 2048 long, all hold whole super-blocks of 256); flashback keeps the blocks.
+            f32 = cache / "random-134M-seed0-FP32.gguf"
+            path = cache / "random-134M-seed0-Q4_K_M.gguf"
+            if not path.exists():
+                if not f32.exists():
+                    import flashback._C as C
+                    tok = C.Tokenizer.from_file(str(shared / "models/llama2-tokenizer/tokenizer.model"))
+                    log(f"writing {f32}")
+                    C.Model.random(json.dumps(CONFIG_134M), 0, "float32").save_gguf(str(f32), tok, "fp32")
+                import ctypes
+                import llama_cpp
+                log(f"quantizing {f32} to {path} (llama.cpp, Q4_K_M)")
+                params = llama_cpp.llama_model_quantize_default_params()
+                params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+                tmp = path.with_suffix(".tmp")
+                if llama_cpp.llama_model_quantize(str(f32).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+                    raise SystemExit(f"{f32}: llama.cpp could not quantize it to Q4_K_M")
+                tmp.replace(path)
+            out.append({"key": key, "label": "134M Q4_K_M", "path": str(path), "flashback_dtype": "fp32",
+                        "flashback_flags": ["--keep-quantized"]})
         elif key == "q4_1":
             path = Path(args.smollm2)
             if not path.exists():
@@ -264,7 +287,7 @@ def make_models(args) -> list[dict]:
             out.append({"key": key, "label": "SmolLM2-135M Q4_1", "path": str(path), "flashback_dtype": "fp32",
                         "flashback_flags": ["--keep-quantized"]})
         else:
-            raise SystemExit(f"--models: unknown model {key!r} (fp32, bf16, q4_1)")
+            raise SystemExit(f"--models: unknown model {key!r} (fp32, bf16, q4_1, q4_k_m)")
     return out
 
 
@@ -441,7 +464,8 @@ def main() -> int:
     ap.add_argument("--flashback", default=str(ROOT / "build/flashback"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="both engines (default: every core)")
-    ap.add_argument("--models", default="fp32,bf16,q4_1", help="comma-separated: fp32, bf16 (the random 134M), q4_1 (SmolLM2)")
+    ap.add_argument("--models", default="fp32,bf16,q4_1,q4_k_m",
+                    help="comma-separated: fp32, bf16 (the random 134M), q4_1 (SmolLM2), q4_k_m (the 134M, by llama.cpp)")
     ap.add_argument("--shared", default=os.environ.get("FLASHBACK_SHARED", str(ROOT.parent / "shared")))
     ap.add_argument("--cache", default=str(Path(os.environ.get("FLASHBACK_CACHE", Path.home() / ".cache/flashback")) / "peers"),
                     help="where the random 134M GGUFs are written once")

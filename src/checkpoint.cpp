@@ -370,7 +370,10 @@ void load_weights(LlamaForCausalLMImpl& model, const std::map<std::string, at::T
   const std::set<std::string> kept(q.begin(), q.end());
   std::set<std::string> used;
   for (auto& p : params) {
-    if (kept.count(p.key())) continue;  // in ggml blocks already (load_model)
+    if (kept.count(p.key())) {  // in ggml blocks already (load_model); an untied head's dense copy goes unused
+      used.insert(p.key());
+      continue;
+    }
     auto it = tensors.find(p.key());
     if (it == tensors.end()) throw FormatError(source, "missing tensor '" + p.key() + "'");
     const at::Tensor& src = it->second;

@@ -6,7 +6,12 @@
 
 namespace flashback {
 
-bool keeps_quantized(uint32_t ggml_type) { return ggml_type == 8 || ggml_type == 2 || ggml_type == 3; }
+bool keeps_quantized(uint32_t ggml_type) {
+  switch (ggml_type) {
+    case 2: case 3: case 6: case 7: case 8: case 12: case 14: return true;  // Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q6_K
+    default: return false;
+  }
+}
 
 int64_t QuantizedMatrix::row_bytes() const {
   const GgmlType* t = find_ggml_type(type);

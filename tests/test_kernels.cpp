@@ -3,10 +3,13 @@
 // then whole decode steps and long chunked prefills with the kernels on and
 // off.
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <random>
 #include <c10/core/InferenceMode.h>
 
 #include "flashback/flashback.hpp"
+#include "flashback/formats/ggml_types.hpp"
 #include "flashback/kernels.hpp"
 #include "flashback/ops.hpp"
 #include "flashback/quantized.hpp"
@@ -327,6 +330,80 @@ TEST_CASE("quantized projections: integer dots over Q8_0, Q4_0 and Q4_1 blocks m
   CHECK_FALSE(kernels::quantized_linear_usable(at::randn({48}), m));  // K disagrees
   c10::AutoGradMode grad(true);
   CHECK_FALSE(kernels::quantized_linear_usable(at::randn({64}).requires_grad_(), m));
+}
+
+// Random blocks of Q5_0, Q5_1, Q4_K or Q6_K (any bytes are a valid block once its fp16 scales are finite:
+// those are set small; the values, fifth bits, 6-bit scales and minimums, int8 scales are drawn at random).
+QuantizedMatrix random_blocks(int64_t N, int64_t K, uint32_t type, uint64_t seed) {
+  const GgmlType* t = find_ggml_type(type);
+  const int64_t values = int64_t(t->block), bytes = int64_t(t->bytes);
+  QuantizedMatrix m;
+  m.type = type;
+  m.rows = N;
+  m.cols = K;
+  m.data = at::randint(0, 256, {N, K / values * bytes}, at::TensorOptions().dtype(at::kLong)).to(at::kByte);
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < K / values; ++b) {
+      uint8_t* blk = m.data.data_ptr<uint8_t>() + n * m.data.size(1) + b * bytes;
+      auto put = [&](int at, float v) {
+        const uint16_t h = c10::Half(v).x;
+        std::memcpy(blk + at, &h, 2);
+      };
+      if (type == 14) {
+        put(208, 1e-3f * u(gen));  // d
+      } else {
+        put(0, 2e-3f * u(gen));                                      // d
+        if (type == 7 || type == 12) put(2, 1e-3f * (u(gen) - 1));  // Q5_1's m, Q4_K's dmin
+      }
+    }
+  return m;
+}
+
+TEST_CASE("quantized projections: integer dots over Q5_0, Q5_1, Q4_K and Q6_K blocks match the dequantized matrix", "[kernels][quantized]") {
+  c10::InferenceMode guard;
+  for (uint32_t type : {6u, 7u, 12u, 14u}) {
+    for (int64_t K : {256, 768}) {
+      at::manual_seed(K + type);
+      const QuantizedMatrix m = random_blocks(70, K, type, uint64_t(K + type));
+      REQUIRE(m.row_bytes() == m.data.size(1));
+      const at::Tensor W = dequantize_matrix(m).to(at::kDouble);  // [70, K], ggml's reader (pinned to the gguf package)
+      REQUIRE(W.abs().max().item<double>() > 0);
+      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+        for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
+          INFO(m.type_name() << " K " << K << " rows " << M << " dtype " << dt);
+          at::Tensor x = at::randn({1, M, K}).mul(2).to(dt);  // [1, M, K]
+          REQUIRE(kernels::quantized_linear_usable(x, m));
+          at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, 70]
+          CHECK(got.scalar_type() == dt);
+          CHECK(got.sizes() == std::vector<int64_t>{1, M, 70});
+          // Exact integer products: only fp32 scaling and summation order differ from fp64.
+          at::Tensor want = at::matmul(q8_rows(x), W.t());
+          const double scale = want.abs().max().item<double>();
+          CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
+          for (int64_t r = 0; r < M; ++r) CHECK(at::equal(kernels::quantized_linear(x.select(1, r), m), got.select(1, r)));
+        }
+      }
+      // More rows than the kernel takes, or the kernels off: the dequantized matrix through LibTorch.
+      at::Tensor x = at::randn({1, kernels::kMaxKernelRows + 1, K});
+      CHECK_FALSE(kernels::quantized_linear_usable(x, m));
+      CHECK(max_abs_diff(Ops(Kernels::Auto).quantized_linear(x, m), at::matmul(x.to(at::kDouble), W.t())) < 1e-4);
+    }
+  }
+  // A K-quant row holds whole super-blocks: 256 values or more.
+  QuantizedMatrix short_rows = random_blocks(4, 256, 12, 1);
+  short_rows.cols = 224;
+  CHECK_FALSE(kernels::quantized_linear_usable(at::randn({224}), short_rows));
+  // Mixed in one call (a Q4_K_M layer: Q4_K beside Q6_K, Q8_0 or Q5_0): each as alone.
+  const QuantizedMatrix a = random_blocks(40, 512, 12, 2), b = random_blocks(24, 512, 14, 3),
+                        c = quantize_blocks(at::randn({33, 512}), 8), d = random_blocks(17, 512, 6, 4);
+  at::Tensor x = at::randn({1, 2, 512});
+  const std::vector<at::Tensor> ys = kernels::quantized_linear(x, {&a, &b, &c, &d});
+  CHECK(at::equal(ys[0], kernels::quantized_linear(x, a)));
+  CHECK(at::equal(ys[1], kernels::quantized_linear(x, b)));
+  CHECK(at::equal(ys[2], kernels::quantized_linear(x, c)));
+  CHECK(at::equal(ys[3], kernels::quantized_linear(x, d)));
 }
 
 TEST_CASE("fused RMSNorm, SwiGLU gate and RoPE match the reference ops", "[kernels]") {

@@ -36,14 +36,14 @@ struct Checkpoint {
 
 // Detects the format from the path (directory, or the file's magic bytes).
 // Everything is validated; problems throw FormatError naming the file.
-// keep_quantized: a GGUF's Q8_0, Q4_0 and Q4_1 layer projections go to
+// keep_quantized: a GGUF's layer projections of the types kept in blocks (quantized.hpp) go to
 // `quantized` as they are stored (the rest is dequantized as always).
 Checkpoint read_checkpoint(const std::string& path, bool keep_quantized = false);
 
 struct LoadOptions {
   std::optional<at::ScalarType> dtype;  // unset: the checkpoint's, float16 -> float32 where unsupported
   at::Device device = at::kCPU;
-  // The decoder layers' Q8_0/Q4_0/Q4_1 projections of a GGUF stay in their
+  // The decoder layers' Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K projections of a GGUF stay in their
   // blocks (quantized.hpp): inference on the CPU, adapters unmerged.
   bool keep_quantized = false;
 };

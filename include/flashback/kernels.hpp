@@ -82,8 +82,8 @@ bool causal_attention_usable(const at::Tensor& q, const at::Tensor& k, const at:
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start);
 
 // True when quantized_linear(x, w) can run: an AVX2 + FMA + F16C CPU, x of
-// at most kMaxKernelRows rows (float32/bfloat16, no gradient), w a Q8_0, Q4_0 or Q4_1
-// matrix (quantized.hpp) with x's last size as its columns.
+// at most kMaxKernelRows rows (float32/bfloat16, no gradient), w a Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0, Q4_K or Q6_K matrix (quantized.hpp) with x's last size as its columns.
 bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w);
 
 // y = x W^T with W in its blocks: each row of x is quantized to 8 bits in

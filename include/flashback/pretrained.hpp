@@ -33,7 +33,7 @@ struct PretrainedOptions {
   bool default_adapter = true;
   std::vector<std::string> adapter_dirs;  // a front end's own places for shipped adapters
   bool merge_adapter = true;            // fold it into the weights (never into weights kept quantized)
-  bool keep_quantized = false;          // a GGUF's Q8_0/Q4_0/Q4_1 projections stay in blocks (checkpoint.hpp)
+  bool keep_quantized = false;          // a GGUF's Q4_0..Q8_0, Q4_K, Q6_K projections stay in blocks (checkpoint.hpp)
 };
 
 struct Pretrained {

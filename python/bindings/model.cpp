@@ -67,6 +67,8 @@ void bind_model(py::module_& m) {
              return mm.make_cache(batch, capacity, RalmOptions::parse_kv_dtype(kv_dtype));
            }, py::arg("batch") = 1, py::arg("capacity") = 0, py::arg("kv_dtype") = "",
            "a KV cache for this model; kv_dtype '' or 'auto': the model's dtype")
+      .def_property_readonly("quantized_weights", [](const Model& mm) { return mm.quantized_weights(); },
+                             "the weights kept in their GGUF blocks (keep_quantized), by name")
       .def("train", [](Model& mm, bool on) { mm.train(on); }, py::arg("mode") = true)
       .def_property_readonly("training", [](const Model& mm) { return mm.is_training(); })
       .def("to", [](Model& mm, const std::string& device, const std::string& dtype) {
@@ -152,7 +154,7 @@ void bind_model(py::module_& m) {
         py::arg("keep_quantized") = false,
         "(Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', "
         "'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; "
-        "keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks (CPU inference)");
+        "keep_quantized: a GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K layer projections stay in their blocks (CPU inference)");
   m.def("model_fingerprint", [](const std::string& path) { return model_fingerprint(read_checkpoint(path)); },
         py::arg("path"), "the identity shipped adapters are matched on (shipped_adapters.hpp)", release_gil());
   m.def("write_shipped_adapter_info", [](const std::string& dir, const std::string& model, const std::string& base,

@@ -294,6 +294,11 @@ class Model:
     def kernels(self, arg1: str) -> None:
         ...
     @property
+    def quantized_weights(self) -> list[str]:
+        """
+        the weights kept in their GGUF blocks (keep_quantized), by name
+        """
+    @property
     def training(self) -> bool:
         ...
 class MarkingToken:
@@ -443,7 +448,7 @@ def generate_batch(model: Model, mode: str, mark_left: int, options: RalmOptions
     """
 def load(path: str, dtype: str = 'auto', marks: str = 'find', tokenizer: str = '', device: str = 'cpu', adapter: str = '', merge_adapter: bool = False, default_adapter: bool = True, adapter_dirs: list[str] = [], keep_quantized: bool = False) -> tuple:
     """
-    (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks (CPU inference)
+    (Model, Tokenizer or None, index of <MARK_L> or -1, the adapter directory loaded or ''); marks: 'add', 'find' or 'none'; with marks 'add' and no adapter, default_adapter loads the one shipped for this model; keep_quantized: a GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K layer projections stay in their blocks (CPU inference)
     """
 def lora_target_names() -> list[str]:
     """

@@ -186,7 +186,7 @@ class LlamaForCausalLM(nn.Module):
         for this model (adapters/ in the source, <prefix>/share/flashback/adapters
         installed), if there is one, as the CLI does; `adapter_path` says which.
         Pass False to fine-tune from the base model.
-        keep_quantized: a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay in their blocks in memory
+        keep_quantized: a GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K layer projections stay in their blocks in memory
         (as llama.cpp runs them: decode reads 4.5-8.5 bits per weight); CPU inference, adapters
         unmerged; saving or merging needs the model loaded without it.
         The model comes in eval mode (LoRA dropout off), as HF's does; train() turns it on."""

@@ -9,7 +9,7 @@ namespace flashback::cli {
 
 // --tokenizer's help: every format Tokenizer::from_file reads.
 inline constexpr const char* kKeepQuantizedHelp =
-    "a GGUF's Q8_0/Q4_0/Q4_1 layer projections stay quantized in memory (CPU; adapters unmerged)";
+    "a GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K layer projections stay quantized in memory (CPU; adapters unmerged)";
 inline constexpr const char* kTokenizerHelp =
     "tokenizer.model, tokenizer.json, tokenizer.bin or a .gguf (default: found with the model)";
 

@@ -127,17 +127,6 @@ void q3_k(const uint8_t* b, float* y) {
   }
 }
 
-// The 8 (scale, min) pairs of Q4_K and Q5_K, 6 bits each in 12 bytes.
-void scale_min_k4(const uint8_t* s, int j, int* sc, int* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 // Q4_K: d, dmin, scales[12], qs[128]. Group g of 32: bytes (g / 2) * 32 + i,
 // low nibbles for even g, high for odd; x = d * sc * q - dmin * m.
 void q4_k(const uint8_t* b, float* y) {
@@ -146,7 +135,7 @@ void q4_k(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 16;
   for (int g = 0; g < 8; ++g) {
     int sc, m;
-    scale_min_k4(s, g, &sc, &m);
+    ggml_scale_min_k4(s, g, &sc, &m);
     const float dg = d * float(sc), mg = dmin * float(m);
     for (int i = 0; i < 32; ++i) {
       const int q = (qs[(g / 2) * 32 + i] >> (4 * (g % 2))) & 0x0F;
@@ -163,7 +152,7 @@ void q5_k(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 48;
   for (int g = 0; g < 8; ++g) {
     int sc, m;
-    scale_min_k4(s, g, &sc, &m);
+    ggml_scale_min_k4(s, g, &sc, &m);
     const float dg = d * float(sc), mg = dmin * float(m);
     for (int i = 0; i < 32; ++i) {
       const int q = ((qs[(g / 2) * 32 + i] >> (4 * (g % 2))) & 0x0F) | (((qh[i] >> g) & 1) << 4);
@@ -207,6 +196,16 @@ BlockFn block_fn(uint32_t type) {
 }
 
 }  // namespace
+
+void ggml_scale_min_k4(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
 
 const GgmlType* find_ggml_type(uint32_t id) {
   for (const auto& t : kTypes)

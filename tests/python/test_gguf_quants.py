@@ -82,15 +82,78 @@ def test_bad_tensor_types_are_one_clear_line_from_the_cli(tmp_path):
     fails("info", "--model", bad, contains=(str(bad), "token_embd.weight"))
 
 
+def _kept_runs_as_dense(path, types):
+    """`path`'s projections kept in their blocks (each of `types` among them): prefills (many rows: the
+    dequantized matrix through a GEMM) equal the dequantized model's; decode steps (the integer-dot kernels,
+    8-bit activations as llama.cpp has them) stay within a few percent of its logits and pick the same
+    tokens."""
+    dense = flashback.LlamaForCausalLM.from_pretrained(path, dtype="float32", marks="none")
+    kept = flashback.LlamaForCausalLM.from_pretrained(path, dtype="float32", marks="none", keep_quantized=True)
+    in_blocks = {t.name for t in gguf.GGUFReader(str(path)).tensors
+                 if t.name.startswith("blk.") and t.tensor_type.name in types}
+    layers = [n for n in kept._core.quantized_weights if n != "lm_head.weight"]
+    assert in_blocks and len(layers) == len(in_blocks), (len(layers), len(in_blocks))
+    return dense, kept
+
+
 def test_keep_quantized_smollm2_runs_its_q4_1_blocks_as_the_dequantized_model():
-    """SmolLM2's Q4_1 projections kept in their blocks: prefills (many rows: the dequantized matrix through a
-    GEMM) equal the dequantized model's; decode steps (the integer-dot kernel, 8-bit activations as llama.cpp
-    has them) stay within a few percent of its logits and pick the same tokens."""
     from fbtest import SMOL
     if not SMOL.exists():
         pytest.skip(f"SmolLM2 is not at {SMOL}: scripts/setup.sh fetches it")
-    dense = flashback.LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="none")
-    kept = flashback.LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="none", keep_quantized=True)
+    dense, kept = _kept_runs_as_dense(SMOL, {"Q4_1"})
+    _check_kept(dense, kept)
+    # Blocks hold no dense copy to save or merge into: one clear error.
+    with pytest.raises(Exception, match="quantized"):
+        kept.save_gguf("/nonexistent/never-written.gguf")
+
+
+def test_keep_quantized_a_q4_k_m_file_from_llama_cpp(tmp_path):
+    """SmolLM2 written as F32 by flashback, quantized to Q4_K_M by llama.cpp's own quantizer: Q4_K and Q6_K
+    where a row holds whole super-blocks of 256, Q5_0 and Q8_0 where it does not (576 columns). Every layer
+    projection stays in its blocks and runs as the dequantized model."""
+    from fbtest import SMOL
+    if not SMOL.exists():
+        pytest.skip(f"SmolLM2 is not at {SMOL}: scripts/setup.sh fetches it")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the quantizer) is not installed "
+                                                        "(scripts/install_references.sh)")
+    import ctypes
+    f32, q4km = tmp_path / "smollm2-f32.gguf", tmp_path / "smollm2-q4_k_m.gguf"
+    flashback.LlamaForCausalLM.from_pretrained(SMOL, dtype="float32", marks="none").save_gguf(str(f32))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, 2
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(q4km).encode(), ctypes.byref(params)) == 0
+    f32.unlink()
+    found = {t.tensor_type.name for t in gguf.GGUFReader(str(q4km)).tensors if t.name.startswith("blk.")}
+    assert {"Q4_K", "Q6_K", "Q5_0"} <= found, found
+    dense, kept = _kept_runs_as_dense(q4km, {"Q4_K", "Q6_K", "Q5_0", "Q5_1", "Q8_0", "Q4_0", "Q4_1"})
+    _check_kept(dense, kept)
+
+
+def test_keep_quantized_an_untied_head_in_q6_k_blocks(tmp_path):
+    """A model with its own output matrix (not tied to the embedding), quantized to Q4_K_M by llama.cpp:
+    Q4_K and Q6_K everywhere (rows of 256 and 512), the head in Q6_K. The head keeps its blocks too, and the
+    file loads (its dense copy, needed only to grow the vocabulary for marks, used to be refused)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the quantizer) is not installed "
+                                                        "(scripts/install_references.sh)")
+    import ctypes
+    import json
+    config = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "vocab_size": 32000, "max_position_embeddings": 256,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False}
+    f32, q4km = tmp_path / "untied-f32.gguf", tmp_path / "untied-q4_k_m.gguf"
+    tok = flashback._C.Tokenizer.from_file(str(SHARED / "models/llama2-tokenizer/tokenizer.model"))
+    flashback._C.Model.random(json.dumps(config), 3, "float32").save_gguf(str(f32), tok, "fp32")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, 2
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(q4km).encode(), ctypes.byref(params)) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(q4km)).tensors}
+    assert types["output.weight"] == "Q6_K" and {"Q4_K", "Q6_K"} <= set(types.values()), types
+    dense, kept = _kept_runs_as_dense(q4km, {"Q4_K", "Q6_K"})
+    assert "lm_head.weight" in kept._core.quantized_weights
+    _check_kept(dense, kept)
+
+
+def _check_kept(dense, kept):
     ids = torch.tensor([dense.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
     with torch.inference_mode():
         a, b = dense._core.forward(ids), kept._core.forward(ids)
@@ -110,6 +173,3 @@ def test_keep_quantized_smollm2_runs_its_q4_1_blocks_as_the_dequantized_model():
     assert worst < 0.05 * scale, (worst, scale)
     # The same tokens but for near ties (8-bit activations move logits by ~1%).
     assert same >= 10 and max(gaps) < 0.02 * scale, (same, gaps, scale)
-    # Blocks hold no dense copy to save or merge into: one clear error.
-    with pytest.raises(Exception, match="quantized"):
-        kept.save_gguf("/nonexistent/never-written.gguf")

@@ -35,6 +35,10 @@ bool ggml_type_dequantizable(uint32_t id);
 // when the type is not dequantizable here or the sizes disagree.
 void dequantize(uint32_t type, const uint8_t* blocks, size_t nbytes, int64_t n, float* out, const std::string& what);
 
+// Q4_K's and Q5_K's scale and minimum of group j (0..7) of a super-block, 6 bits each, packed in the
+// block's 12 bytes at `scales`.
+void ggml_scale_min_k4(const uint8_t* scales, int j, int* sc, int* m);
+
 // fp16 (IEEE binary16) -> fp32, exactly (subnormals, infinities, NaNs included).
 float half_to_float(uint16_t h);
 
