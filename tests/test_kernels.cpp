@@ -275,6 +275,29 @@ at::Tensor q8_rows(const at::Tensor& x) {
   return (q * d).reshape(x.sizes());
 }
 
+// The kernel on m against its dequantized matrix W [N, K] (fp64), fp32 and bf16 activations of 1 to
+// kMaxKernelRows rows: exact integer products (x as the kernel quantizes it; only fp32 scaling and summation
+// order differ from fp64), the product with x itself to the activations' 8 bits, and each row alone giving
+// the same bits as within the call.
+void check_quantized_rows(const QuantizedMatrix& m, const at::Tensor& W) {
+  const int64_t N = m.rows, K = m.cols;
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
+      INFO(m.type_name() << " K " << K << " rows " << M << " dtype " << dt);
+      at::Tensor x = at::randn({1, M, K}).mul(2).to(dt);  // [1, M, K]
+      REQUIRE(kernels::quantized_linear_usable(x, m));
+      at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, N]
+      CHECK(got.scalar_type() == dt);
+      CHECK(got.sizes() == std::vector<int64_t>{1, M, N});
+      at::Tensor want = at::matmul(q8_rows(x), W.t());
+      const double scale = want.abs().max().item<double>();
+      CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
+      CHECK(max_abs_diff(got, at::matmul(x.to(at::kDouble), W.t())) < 0.03 * scale);
+      for (int64_t r = 0; r < M; ++r) CHECK(at::equal(kernels::quantized_linear(x.select(1, r), m), got.select(1, r)));
+    }
+  }
+}
+
 TEST_CASE("quantized projections: integer dots over Q8_0, Q4_0 and Q4_1 blocks match the dequantized matrix", "[kernels][quantized]") {
   c10::InferenceMode guard;
   for (uint32_t type : {8u, 2u, 3u}) {
@@ -286,24 +309,7 @@ TEST_CASE("quantized projections: integer dots over Q8_0, Q4_0 and Q4_1 blocks m
       REQUIRE(m.row_bytes() == m.data.size(1));
       const at::Tensor W = dequantize_matrix(m).to(at::kDouble);  // [70, K], ggml's reader (pinned to the gguf package)
       CHECK(max_abs_diff(W, w) < 0.05 * 0.6);                     // it is the matrix, to 4 bits
-      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-        for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
-          INFO(m.type_name() << " K " << K << " rows " << M << " dtype " << dt);
-          at::Tensor x = at::randn({1, M, K}).mul(2).to(dt);  // [1, M, K]
-          REQUIRE(kernels::quantized_linear_usable(x, m));
-          at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, 70]
-          CHECK(got.scalar_type() == dt);
-          CHECK(got.sizes() == std::vector<int64_t>{1, M, 70});
-          // Exact integer products: only fp32 scaling and summation order differ from fp64.
-          at::Tensor want = at::matmul(q8_rows(x), W.t());
-          const double scale = want.abs().max().item<double>();
-          CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
-          // And the product with x itself to the activations' 8 bits.
-          CHECK(max_abs_diff(got, at::matmul(x.to(at::kDouble), W.t())) < 0.03 * scale);
-          // Each row alone gives the same bits as within the call.
-          for (int64_t r = 0; r < M; ++r) CHECK(at::equal(kernels::quantized_linear(x.select(1, r), m), got.select(1, r)));
-        }
-      }
+      check_quantized_rows(m, W);
       // More rows than the kernel takes: Ops runs the dequantized matrix through a GEMM.
       at::Tensor x = at::randn({1, kernels::kMaxKernelRows + 1, K});
       CHECK_FALSE(kernels::quantized_linear_usable(x, m));
@@ -370,21 +376,7 @@ TEST_CASE("quantized projections: integer dots over Q5_0, Q5_1, Q4_K and Q6_K bl
       REQUIRE(m.row_bytes() == m.data.size(1));
       const at::Tensor W = dequantize_matrix(m).to(at::kDouble);  // [70, K], ggml's reader (pinned to the gguf package)
       REQUIRE(W.abs().max().item<double>() > 0);
-      for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-        for (int64_t M : {int64_t(1), int64_t(3), kernels::kMaxKernelRows}) {
-          INFO(m.type_name() << " K " << K << " rows " << M << " dtype " << dt);
-          at::Tensor x = at::randn({1, M, K}).mul(2).to(dt);  // [1, M, K]
-          REQUIRE(kernels::quantized_linear_usable(x, m));
-          at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, 70]
-          CHECK(got.scalar_type() == dt);
-          CHECK(got.sizes() == std::vector<int64_t>{1, M, 70});
-          // Exact integer products: only fp32 scaling and summation order differ from fp64.
-          at::Tensor want = at::matmul(q8_rows(x), W.t());
-          const double scale = want.abs().max().item<double>();
-          CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
-          for (int64_t r = 0; r < M; ++r) CHECK(at::equal(kernels::quantized_linear(x.select(1, r), m), got.select(1, r)));
-        }
-      }
+      check_quantized_rows(m, W);
       // More rows than the kernel takes, or the kernels off: the dequantized matrix through LibTorch.
       at::Tensor x = at::randn({1, kernels::kMaxKernelRows + 1, K});
       CHECK_FALSE(kernels::quantized_linear_usable(x, m));
