@@ -239,6 +239,17 @@ def run_flashback(exe: str, model: dict, w: dict, threads: int, kv: str) -> dict
 
 # ----------------------------------------------------------------- models
 
+def random_134m(cache: Path, shared: Path, key: str) -> Path:
+    """The random 134M written by flashback as an F32 or BF16 GGUF (key fp32 | bf16), once."""
+    path = cache / f"random-134M-seed0-{key.upper()}.gguf"
+    if not path.exists():
+        import flashback._C as C
+        tok = C.Tokenizer.from_file(str(shared / "models/llama2-tokenizer/tokenizer.model"))
+        log(f"writing {path}")
+        C.Model.random(json.dumps(CONFIG_134M), 0, "float32").save_gguf(str(path), tok, key)
+    return path
+
+
 def make_models(args) -> list[dict]:
     """The GGUF files to run: (label, path, the dtype flashback runs it in)."""
     shared = Path(args.shared)
@@ -250,24 +261,14 @@ def make_models(args) -> list[dict]:
     out = []
     for key in args.models.split(","):
         if key in ("fp32", "bf16"):
-            path = cache / f"random-134M-seed0-{key.upper()}.gguf"
-            if not path.exists():
-                import flashback._C as C
-                tok = C.Tokenizer.from_file(str(shared / "models/llama2-tokenizer/tokenizer.model"))
-                log(f"writing {path}")
-                C.Model.random(json.dumps(CONFIG_134M), 0, "float32").save_gguf(str(path), tok, key)
+            path = random_134m(cache, shared, key)
             out.append({"key": key, "label": f"134M {key.upper()}", "path": str(path), "flashback_dtype": key})
         elif key == "q4_k_m":
             # The F32 file quantized by llama.cpp's own quantizer: Q4_K, Q6_K where its recipe says (the
             # 134M's rows, 768 and 2048 long, all hold whole super-blocks of 256); flashback keeps the blocks.
-            f32 = cache / "random-134M-seed0-FP32.gguf"
             path = cache / "random-134M-seed0-Q4_K_M.gguf"
             if not path.exists():
-                if not f32.exists():
-                    import flashback._C as C
-                    tok = C.Tokenizer.from_file(str(shared / "models/llama2-tokenizer/tokenizer.model"))
-                    log(f"writing {f32}")
-                    C.Model.random(json.dumps(CONFIG_134M), 0, "float32").save_gguf(str(f32), tok, "fp32")
+                f32 = random_134m(cache, shared, "fp32")
                 import ctypes
                 import llama_cpp
                 log(f"quantizing {f32} to {path} (llama.cpp, Q4_K_M)")

@@ -42,8 +42,9 @@ struct Q8Block {
 
 bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w) {
   const GgmlType* t = find_ggml_type(w.type);
+  // Every kept type's block is 32 or 256 values: whole blocks are whole activation blocks of 32.
   return cpu_has_avx2_fma() && detail::cpu_has_f16c() && keeps_quantized(w.type) && t && w.cols % int64_t(t->block) == 0 &&
-         w.cols % 32 == 0 && x.defined() &&
+         x.defined() &&
          x.is_cpu() && x.dim() >= 1 && x.size(-1) == w.cols && x.numel() > 0 && x.numel() / w.cols <= kMaxKernelRows &&
          detail::dtype_ok(x) && detail::no_grad_needed({&x});
 }

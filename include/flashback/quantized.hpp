@@ -17,8 +17,9 @@
 // (Q4_K_M and Q4_K_S files are Q4_K with some Q6_K matrices, and Q5_0 / Q8_0 for
 // the rows whose length is not a multiple of 256.)
 //
-// Only the decoder layers' projections are kept so (Ops::quantized_linear);
-// the embedding and the output head are dequantized to the model's dtype.
+// The decoder layers' projections are kept so (Ops::quantized_linear), and the
+// output head (its own matrix, or a tied embedding's blocks) when its type is;
+// embedding lookups read a dense copy in the model's dtype.
 // The matrix is immutable and shared: a model that holds one runs inference
 // and adapters on top (LoRA unmerged), not merges, saves or device moves.
 #pragma once

@@ -197,16 +197,6 @@ BlockFn block_fn(uint32_t type) {
 
 }  // namespace
 
-void ggml_scale_min_k4(const uint8_t* s, int j, int* sc, int* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 const GgmlType* find_ggml_type(uint32_t id) {
   for (const auto& t : kTypes)
     if (t.id == id) return &t;

@@ -36,8 +36,16 @@ bool ggml_type_dequantizable(uint32_t id);
 void dequantize(uint32_t type, const uint8_t* blocks, size_t nbytes, int64_t n, float* out, const std::string& what);
 
 // Q4_K's and Q5_K's scale and minimum of group j (0..7) of a super-block, 6 bits each, packed in the
-// block's 12 bytes at `scales`.
-void ggml_scale_min_k4(const uint8_t* scales, int j, int* sc, int* m);
+// block's 12 bytes at `s`. Inline: the decode kernel asks it for every group of 32 values.
+inline void ggml_scale_min_k4(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
 
 // fp16 (IEEE binary16) -> fp32, exactly (subnormals, infinities, NaNs included).
 float half_to_float(uint16_t h);
