@@ -2,20 +2,27 @@
 // weight's blocks are read as stored and multiplied with 8-bit activations
 // by integer dot products, as llama.cpp's vec_dot kernels do.
 //
-// Each activation row is quantized once per call in blocks of 32: scale
-// d = max |x| / 127, q = round(x / d), and d sum(q) for the minimum terms
-// (llama.cpp's Q8_1 activations). A block product is then
+// Each activation row is quantized once per call, d = max |x| / 127 and
+// q = round(x / d) over a block, in the block the weight's type wants:
+//
+// Blocks of 32 (llama.cpp's Q8_1: d, q[32] and d sum(q) for the minimums),
+// against the 32-value types. A block product is
 //   Q8_0  d_w d_x sum(q_w q_x)
 //   Q4_0  d_w d_x sum((q_w - 8) q_x)
 //   Q4_1  d_w d_x sum(q_w q_x) + m_w d_x sum(q_x)
 //   Q5_0  d_w d_x sum((q_w - 16) q_x)      (Q4_0 with a fifth bit)
 //   Q5_1  d_w d_x sum(q_w q_x) + m_w d_x sum(q_x)
-// and the K-quants' super-blocks of 256 are 8 such blocks, group g of the
-// weights against activation block g:
-//   Q4_K  (d sc_g) d_x sum(q_w q_x) - (dmin m_g) d_x sum(q_x)
-//   Q6_K  d d_x (sc_2g sum_first16((q_w - 32) q_x) + sc_2g+1 sum_last16(...))
-// with the integer sums from _mm256_maddubs_epi16 (unsigned x signed bytes;
-// signed weights go through the sign trick) and _mm256_madd_epi16.
+//
+// Super-blocks of 256 (llama.cpp's Q8_K: d, q[256] and the integer sums of
+// each 16, bsums), against the K-quants, whose super-blocks carry small
+// integer scales per group: one activation scale over the super-block lets
+// the whole super-block be summed in integers and scaled once.
+//   Q4_K  d d_x sum_g sc_g sum_32(q_w q_x) - dmin d_x sum_g m_g (bsums_2g + bsums_2g+1)
+//   Q6_K  d d_x (sum_j sc_j sum_16(q_w q_x) - 32 sum_j sc_j bsums_j)   (q_w 0..63 as stored)
+//
+// The integer sums come from _mm256_maddubs_epi16 (unsigned x signed bytes;
+// signed weights go through the sign trick) and _mm256_madd_epi16, which also
+// applies the K-quants' scales as 16-bit factors.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -37,6 +44,14 @@ struct Q8Block {
   float sum;   // d * sum(q): the block's sum as quantized (llama.cpp's Q8_1 s)
   int8_t q[32];
 };
+
+struct Q8KBlock {
+  float d;             // scale
+  int16_t bsums[16];   // sum(q) of each 16 values
+  int8_t q[256];
+};
+
+bool is_k_quant(uint32_t type) { return type == 12 || type == 14; }
 
 }  // namespace
 
@@ -118,7 +133,94 @@ FB_AVX2 void quantize_row(const float* x, int64_t K, Q8Block* out) {
   }
 }
 
-// One weight row (nb blocks of `type`) against one quantized activation row.
+// A row into super-blocks of 256 (one scale each) with the sums of each 16.
+FB_AVX2 void quantize_row_k(const float* x, int64_t K, Q8KBlock* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < K / 256; ++b) {
+    const float* v = x + 256 * b;
+    __m256 mx = _mm256_setzero_ps();
+    for (int u = 0; u < 32; ++u) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(v + 8 * u)));
+    const float d = detail::hmax(mx) / 127.0f;
+    const __m256 inv = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    for (int c = 0; c < 8; ++c) {  // 32 values at a time, packed as in quantize_row
+      __m256i q32[4];
+      for (int u = 0; u < 4; ++u)
+        q32[u] = _mm256_cvtps_epi32(
+            _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 32 * c + 8 * u), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      // Each 16 values' sum from two vectors of 8 int32 (|sum| <= 16 * 127 fits int16).
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s8 = _mm256_add_epi32(q32[2 * h], q32[2 * h + 1]);
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        out[b].bsums[2 * c + h] = int16_t(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1));
+      }
+      const __m256i p16a = _mm256_packs_epi32(q32[0], q32[1]), p16b = _mm256_packs_epi32(q32[2], q32[3]);
+      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q + 32 * c), p8);
+    }
+    out[b].d = d;
+  }
+}
+
+// One weight row of a K-quant (nsb super-blocks) against one row of super-block activations.
+FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* x, int64_t nsb) {
+  __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  if (type == 12) {  // Q4_K: d, dmin, scales[12], qs[128]; groups 2p and 2p+1 are the low and high nibbles of qs[32p, 32p+32)
+    for (int64_t sb = 0; sb < nsb; ++sb, row += 144, ++x) {
+      alignas(16) uint8_t sc[16], m[16];
+      for (int g = 0; g < 8; ++g) {
+        int s, mg;
+        ggml_scale_min_k4(row + 4, g, &s, &mg);
+        sc[g] = uint8_t(s);
+        m[2 * g] = m[2 * g + 1] = uint8_t(mg);  // once per 16 activations' sum
+      }
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->bsums));
+      const __m256i msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(m))), bsums);
+      mins = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 2) * x->d), _mm256_cvtepi32_ps(msum), mins);
+      __m256i sumi = _mm256_setzero_si256();
+      for (int p = 0; p < 4; ++p) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 + 32 * p));
+        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 64 * p));
+        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 64 * p + 32));
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, low4), x0);  // |pair| <= 2 * 15 * 127
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), x1);
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * p])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * p + 1])));
+      }
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x->d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+  } else {  // Q6_K: ql[128], qh[64], scales[16] int8, d. Value r of half h: low bits of ql[64h + r % 64]
+            // (high nibble for r >= 64), high bits 2(r / 32) of qh[32h + r % 32], scale sc[8h + r / 16]
+    const __m256i low2 = _mm256_set1_epi8(0x03);
+    // Bytes 0-7 pick scale i, bytes 8-15 scale i + 1: a group of 32 values' two scales, widened to 16 lanes each.
+    const __m128i pair = _mm_set_epi64x(0x0101010101010101LL, 0);
+    for (int64_t sb = 0; sb < nsb; ++sb, row += 210, ++x) {
+      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 192));
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->bsums));
+      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums), 5);  // 32 sum_j sc_j bsums_j
+      __m256i sumi = _mm256_setzero_si256();
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 64 * h)),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 64 * h + 32))};
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 128 + 32 * h));
+        for (int g = 0; g < 4; ++g) {
+          const __m256i lo = _mm256_and_si256(g >= 2 ? _mm256_srli_epi16(ql[g & 1], 4) : ql[g & 1], low4);
+          const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), low2), 4);
+          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 128 * h + 32 * g));
+          const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(lo, hi), xq);  // 0..63 as stored; |pair| <= 2 * 63 * 127
+          const __m256i s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pair, _mm_set1_epi8(char(8 * h + 2 * g)))));
+          sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+        }
+      }
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 208) * x->d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset)), acc);
+    }
+  }
+  return detail::hsum(acc) - detail::hsum(mins);
+}
+
+// One weight row (nb blocks of a 32-value `type`) against one quantized activation row.
 FB_AVX2_F16C float dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, int64_t nb) {
   __m256 acc = _mm256_setzero_ps();
   float mins = 0;
@@ -146,51 +248,12 @@ FB_AVX2_F16C float dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, 
       const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
       acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x[b].d), dot_s8(w, xq), acc);
     }
-  } else if (type == 7) {  // Q5_1: d, m, qh, qs[16]; value = d q + m
+  } else {  // Q5_1: d, m, qh, qs[16]; value = d q + m
     for (int64_t b = 0; b < nb; ++b, row += 24) {
       const __m256i w = _mm256_or_si256(nibbles(row + 8), fifth_bits(row + 4));
       const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
       acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x[b].d), dot_u8s8(w, xq), acc);
       mins += fp16(row + 2) * x[b].sum;
-    }
-  } else if (type == 12) {  // Q4_K: d, dmin, scales[12], qs[128]; groups 2p and 2p+1 are the low and high nibbles of qs[32p, 32p+32)
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    for (int64_t sb = 0; sb < nb / 8; ++sb, row += 144, x += 8) {
-      const float d = fp16(row), dmin = fp16(row + 2);
-      for (int p = 0; p < 4; ++p) {
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 + 32 * p));
-        const __m256i half[2] = {_mm256_and_si256(q, low4), _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)};
-        for (int h = 0; h < 2; ++h) {
-          const int g = 2 * p + h;
-          int sc, m;
-          ggml_scale_min_k4(row + 4, g, &sc, &m);
-          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[g].q));
-          acc = _mm256_fmadd_ps(_mm256_set1_ps(d * float(sc) * x[g].d), dot_u8s8(half[h], xq), acc);
-          mins -= dmin * float(m) * x[g].sum;
-        }
-      }
-    }
-  } else {  // Q6_K: ql[128], qh[64], scales[16] int8, d. Value r of half h: low bits of ql[64h + r % 64]
-            // (high nibble for r >= 64), high bits 2(r / 32) of qh[32h + r % 32], scale sc[8h + r / 16]
-    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-    for (int64_t sb = 0; sb < nb / 8; ++sb, row += 210, x += 8) {
-      const int8_t* sc = reinterpret_cast<const int8_t*>(row + 192);
-      const float d = fp16(row + 208);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i ql[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 64 * h)),
-                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 64 * h + 32))};
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 128 + 32 * h));
-        for (int g = 0; g < 4; ++g) {
-          const __m256i lo = _mm256_and_si256(g >= 2 ? _mm256_srli_epi16(ql[g & 1], 4) : ql[g & 1], low4);
-          const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), low2), 4);
-          const __m256i w = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));  // -32..31
-          const Q8Block& xb = x[4 * h + g];
-          const float s0 = float(sc[8 * h + 2 * g]), s1 = float(sc[8 * h + 2 * g + 1]);
-          const __m256 scale = _mm256_mul_ps(_mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1), _mm256_set1_ps(d * xb.d));
-          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
-          acc = _mm256_fmadd_ps(scale, dot_s8(w, xq), acc);  // int32 lanes 0-3: values 0-15, 4-7: 16-31
-        }
-      }
     }
   }
   return detail::hsum(acc) + mins;
@@ -211,15 +274,26 @@ std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<
     rows.push_back(w->rows);
   }
 #ifdef FLASHBACK_X86_KERNELS
-  std::vector<Q8Block> xq(static_cast<size_t>(M * nb));
-  for (int64_t m = 0; m < M; ++m) quantize_row(xf.data_ptr<float>() + m * K, K, xq.data() + m * nb);
+  // x as each matrix's type wants it (a Q4_K_M layer mixes both kinds), quantized once.
+  bool want32 = false, want256 = false;
+  for (const QuantizedMatrix* w : ws) (is_k_quant(w->type) ? want256 : want32) = true;
+  std::vector<Q8Block> xq(want32 ? static_cast<size_t>(M * nb) : 0);
+  std::vector<Q8KBlock> xk(want256 ? static_cast<size_t>(M * (K / 256)) : 0);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = xf.data_ptr<float>() + m * K;
+    if (want32) quantize_row(row, K, xq.data() + m * nb);
+    if (want256) quantize_row_k(row, K, xk.data() + m * (K / 256));
+  }
   // One parallel region for all the matrices: x is quantized once and the threads meet once.
   detail::joint_rows(rows, 64, [&](size_t i, int64_t n0, int64_t n1) {
     const int64_t N = rows[i], rb = ws[i]->row_bytes();
+    const uint32_t type = ws[i]->type;
     const uint8_t* W = ws[i]->data.data_ptr<uint8_t>();
     float* Y = ys[i].data_ptr<float>();
     for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < M; ++m) Y[m * N + n] = dot_row(ws[i]->type, W + n * rb, xq.data() + m * nb, nb);
+      for (int64_t m = 0; m < M; ++m)
+        Y[m * N + n] = is_k_quant(type) ? dot_row_k(type, W + n * rb, xk.data() + m * (K / 256), K / 256)
+                                        : dot_row(type, W + n * rb, xq.data() + m * nb, nb);
   });
 #endif
   for (size_t i = 0; i < ws.size(); ++i) {

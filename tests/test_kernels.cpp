@@ -267,9 +267,10 @@ QuantizedMatrix quantize_blocks(const at::Tensor& w, uint32_t type) {
   return m;
 }
 
-// x's rows as the kernel quantizes them: blocks of 32, d = max |x| / 127, q = round half to even.
-at::Tensor q8_rows(const at::Tensor& x) {
-  at::Tensor b = x.to(at::kDouble).reshape({-1, 32});                    // [blocks, 32]
+// x's rows as the kernel quantizes them: blocks of `block` (32, or a K-quant's 256), d = max |x| / 127,
+// q = round half to even.
+at::Tensor q8_rows(const at::Tensor& x, int64_t block) {
+  at::Tensor b = x.to(at::kDouble).reshape({-1, block});                 // [blocks, block]
   at::Tensor d = b.abs().amax(-1, true).to(at::kFloat).div(127).to(at::kDouble);  // [blocks, 1]
   at::Tensor q = at::where(d > 0, (b.to(at::kFloat) * (1 / d.to(at::kFloat))).round().to(at::kDouble), at::zeros_like(b));
   return (q * d).reshape(x.sizes());
@@ -289,7 +290,7 @@ void check_quantized_rows(const QuantizedMatrix& m, const at::Tensor& W) {
       at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, N]
       CHECK(got.scalar_type() == dt);
       CHECK(got.sizes() == std::vector<int64_t>{1, M, N});
-      at::Tensor want = at::matmul(q8_rows(x), W.t());
+      at::Tensor want = at::matmul(q8_rows(x, m.type == 12 || m.type == 14 ? 256 : 32), W.t());
       const double scale = want.abs().max().item<double>();
       CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
       CHECK(max_abs_diff(got, at::matmul(x.to(at::kDouble), W.t())) < 0.03 * scale);
