@@ -169,16 +169,15 @@ FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* 
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   if (type == 12) {  // Q4_K: d, dmin, scales[12], qs[128]; groups 2p and 2p+1 are the low and high nibbles of qs[32p, 32p+32)
     for (int64_t sb = 0; sb < nsb; ++sb, row += 144, ++x) {
-      alignas(16) uint8_t sc[16], m[16];
-      for (int g = 0; g < 8; ++g) {
-        int s, mg;
-        ggml_scale_min_k4(row + 4, g, &s, &mg);
-        sc[g] = uint8_t(s);
-        m[2 * g] = m[2 * g + 1] = uint8_t(mg);  // once per 16 activations' sum
-      }
+      uint32_t w[4];
+      ggml_scales_mins_k4(row + 4, w);
+      const __m128i v = _mm_setr_epi32(int(w[0]), int(w[1]), int(w[2]), int(w[3]));  // bytes: scales 0-7, minimums 0-7
+      // Each minimum twice (it covers two 16-value sums); each scale as int16 in both 128-bit lanes.
+      const __m128i m8 = _mm_unpackhi_epi64(v, v);
+      const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+      const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
       const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->bsums));
-      const __m256i msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(m))), bsums);
-      mins = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 2) * x->d), _mm256_cvtepi32_ps(msum), mins);
+      mins = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 2) * x->d), _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, bsums)), mins);
       __m256i sumi = _mm256_setzero_si256();
       for (int p = 0; p < 4; ++p) {
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 + 32 * p));
@@ -186,8 +185,11 @@ FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* 
         const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->q + 64 * p + 32));
         const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, low4), x0);  // |pair| <= 2 * 15 * 127
         const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), x1);
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * p])));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * p + 1])));
+        // Scale g in every int16 lane: bytes 2g, 2g + 1 of sc16 picked throughout.
+        const __m256i s0 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(short(0x0202 * (2 * p) + 0x0100)));
+        const __m256i s1 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(short(0x0202 * (2 * p + 1) + 0x0100)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, s0));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, s1));
       }
       acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row) * x->d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -217,7 +219,7 @@ FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* 
       acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 208) * x->d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset)), acc);
     }
   }
-  return detail::hsum(acc) - detail::hsum(mins);
+  return detail::hsum(_mm256_sub_ps(acc, mins));
 }
 
 // One weight row (nb blocks of a 32-value `type`) against one quantized activation row.

@@ -133,10 +133,13 @@ void q4_k(const uint8_t* b, float* y) {
   const float d = f16(b), dmin = f16(b + 2);
   const uint8_t* s = b + 4;
   const uint8_t* qs = b + 16;
+  uint32_t words[4];
+  ggml_scales_mins_k4(s, words);
+  uint8_t sc[8], m[8];
+  std::memcpy(sc, words, 8);
+  std::memcpy(m, words + 2, 8);
   for (int g = 0; g < 8; ++g) {
-    int sc, m;
-    ggml_scale_min_k4(s, g, &sc, &m);
-    const float dg = d * float(sc), mg = dmin * float(m);
+    const float dg = d * float(sc[g]), mg = dmin * float(m[g]);
     for (int i = 0; i < 32; ++i) {
       const int q = (qs[(g / 2) * 32 + i] >> (4 * (g % 2))) & 0x0F;
       y[g * 32 + i] = dg * float(q) - mg;
@@ -150,10 +153,13 @@ void q5_k(const uint8_t* b, float* y) {
   const uint8_t* s = b + 4;
   const uint8_t* qh = b + 16;
   const uint8_t* qs = b + 48;
+  uint32_t words[4];
+  ggml_scales_mins_k4(s, words);
+  uint8_t sc[8], m[8];
+  std::memcpy(sc, words, 8);
+  std::memcpy(m, words + 2, 8);
   for (int g = 0; g < 8; ++g) {
-    int sc, m;
-    ggml_scale_min_k4(s, g, &sc, &m);
-    const float dg = d * float(sc), mg = dmin * float(m);
+    const float dg = d * float(sc[g]), mg = dmin * float(m[g]);
     for (int i = 0; i < 32; ++i) {
       const int q = ((qs[(g / 2) * 32 + i] >> (4 * (g % 2))) & 0x0F) | (((qh[i] >> g) & 1) << 4);
       y[g * 32 + i] = dg * float(q) - mg;

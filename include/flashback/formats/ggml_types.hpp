@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace flashback {
@@ -35,16 +36,19 @@ bool ggml_type_dequantizable(uint32_t id);
 // when the type is not dequantizable here or the sizes disagree.
 void dequantize(uint32_t type, const uint8_t* blocks, size_t nbytes, int64_t n, float* out, const std::string& what);
 
-// Q4_K's and Q5_K's scale and minimum of group j (0..7) of a super-block, 6 bits each, packed in the
-// block's 12 bytes at `s`. Inline: the decode kernel asks it for every group of 32 values.
-inline void ggml_scale_min_k4(const uint8_t* s, int j, int* sc, int* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
+// Q4_K's and Q5_K's 8 scales and 8 minimums of a super-block, 6 bits each, packed in the block's 12 bytes
+// at `s`: group j < 4 has the low 6 bits of s[j] (scale) and s[j + 4] (minimum); group j >= 4 has s[j + 4]'s
+// low (scale) and high (minimum) nibble, topped by the 2 bits s[j - 4] and s[j] hold above their 6.
+// Worked four bytes at a time, into four words whose byte j is group j's (little-endian): scales 0-3,
+// scales 4-7, minimums 0-3, minimums 4-7. Inline: the decode kernel asks it once per super-block and keeps
+// the words in registers.
+inline void ggml_scales_mins_k4(const uint8_t* s, uint32_t out[4]) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  out[0] = u[0] & 0x3F3F3F3Fu;                                          // scales 0-3
+  out[1] = (u[2] & 0x0F0F0F0Fu) | ((u[0] >> 2) & 0x30303030u);         // scales 4-7: bits 6-7 of s[0..3] to 4-5
+  out[2] = u[1] & 0x3F3F3F3Fu;                                          // minimums 0-3
+  out[3] = ((u[2] >> 4) & 0x0F0F0F0Fu) | ((u[1] >> 2) & 0x30303030u);  // minimums 4-7
 }
 
 // fp16 (IEEE binary16) -> fp32, exactly (subnormals, infinities, NaNs included).
