@@ -163,8 +163,9 @@ FB_AVX2 void quantize_row_k(const float* x, int64_t K, Q8KBlock* out) {
   }
 }
 
-// One weight row of a K-quant (nsb super-blocks) against one row of super-block activations.
-FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* x, int64_t nsb) {
+// One weight row of a K-quant (nsb super-blocks) against one row of super-block activations, as 8 lanes
+// to be summed.
+FB_AVX2_F16C __m256 dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* x, int64_t nsb) {
   __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   if (type == 12) {  // Q4_K: d, dmin, scales[12], qs[128]; groups 2p and 2p+1 are the low and high nibbles of qs[32p, 32p+32)
@@ -219,11 +220,12 @@ FB_AVX2_F16C float dot_row_k(uint32_t type, const uint8_t* row, const Q8KBlock* 
       acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(row + 208) * x->d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset)), acc);
     }
   }
-  return detail::hsum(_mm256_sub_ps(acc, mins));
+  return _mm256_sub_ps(acc, mins);
 }
 
-// One weight row (nb blocks of a 32-value `type`) against one quantized activation row.
-FB_AVX2_F16C float dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, int64_t nb) {
+// One weight row (nb blocks of a 32-value `type`) against one quantized activation row, as 8 lanes to be
+// summed.
+FB_AVX2_F16C __m256 dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, int64_t nb) {
   __m256 acc = _mm256_setzero_ps();
   float mins = 0;
   if (type == 8) {  // Q8_0
@@ -258,7 +260,26 @@ FB_AVX2_F16C float dot_row(uint32_t type, const uint8_t* row, const Q8Block* x, 
       mins += fp16(row + 2) * x[b].sum;
     }
   }
-  return detail::hsum(acc) + mins;
+  return _mm256_add_ps(acc, _mm256_setr_ps(mins, 0, 0, 0, 0, 0, 0, 0));
+}
+
+// Y[m * N + n] for weight rows n0..n1 of W (row_bytes rb) and every activation row m < M, 8 weight rows
+// at a time and one reduction for the 8.
+FB_AVX2_F16C void rows_dot(uint32_t type, const uint8_t* W, int64_t rb, int64_t K, int64_t n0, int64_t n1, int64_t M,
+                           const Q8Block* xq, const Q8KBlock* xk, float* Y, int64_t N) {
+  for (int64_t n = n0; n < n1; n += 8) {
+    const int64_t cnt = std::min<int64_t>(8, n1 - n);
+    for (int64_t m = 0; m < M; ++m) {
+      __m256 v[8];
+      for (int64_t r = 0; r < 8; ++r)
+        v[r] = r >= cnt           ? _mm256_setzero_ps()
+               : is_k_quant(type) ? dot_row_k(type, W + (n + r) * rb, xk + m * (K / 256), K / 256)
+                                  : dot_row(type, W + (n + r) * rb, xq + m * (K / 32), K / 32);
+      alignas(32) float s[8];
+      _mm256_store_ps(s, detail::hsum8(v));
+      std::copy(s, s + cnt, Y + m * N + n);
+    }
+  }
 }
 
 }  // namespace
@@ -289,13 +310,7 @@ std::vector<at::Tensor> quantized_linear(const at::Tensor& x, const std::vector<
   // One parallel region for all the matrices: x is quantized once and the threads meet once.
   detail::joint_rows(rows, 64, [&](size_t i, int64_t n0, int64_t n1) {
     const int64_t N = rows[i], rb = ws[i]->row_bytes();
-    const uint32_t type = ws[i]->type;
-    const uint8_t* W = ws[i]->data.data_ptr<uint8_t>();
-    float* Y = ys[i].data_ptr<float>();
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < M; ++m)
-        Y[m * N + n] = is_k_quant(type) ? dot_row_k(type, W + n * rb, xk.data() + m * (K / 256), K / 256)
-                                        : dot_row(type, W + n * rb, xq.data() + m * nb, nb);
+    rows_dot(ws[i]->type, ws[i]->data.data_ptr<uint8_t>(), rb, K, n0, n1, M, xq.data(), xk.data(), ys[i].data_ptr<float>(), N);
   });
 #endif
   for (size_t i = 0; i < ws.size(); ++i) {
