@@ -175,12 +175,17 @@ void q6_k(const uint8_t* b, float* y) {
   const uint8_t* qh = b + 128;
   const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
   const float d = f16(b + 208);
-  for (int e = 0; e < 256; ++e) {
-    const int h = e / 128, r = e % 128;
-    const int lo = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0F;
-    const int hi = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-    y[e] = (d * float(sc[e / 16])) * float(int8_t((lo | (hi << 4)) - 32));
-  }
+  // r = 32 g + i: the loops over i have fixed shifts and one scale, so they vectorize.
+  for (int h = 0; h < 2; ++h)
+    for (int g = 0; g < 4; ++g)
+      for (int half = 0; half < 2; ++half) {
+        const float dl = d * float(sc[8 * h + 2 * g + half]);
+        for (int i = 16 * half; i < 16 * half + 16; ++i) {
+          const int lo = (ql[64 * h + 32 * (g % 2) + i] >> (4 * (g / 2))) & 0x0F;
+          const int hi = (qh[32 * h + i] >> (2 * g)) & 0x03;
+          y[128 * h + 32 * g + i] = dl * float((lo | (hi << 4)) - 32);
+        }
+      }
 }
 
 using BlockFn = void (*)(const uint8_t*, float*);
