@@ -151,6 +151,24 @@ def test_keep_quantized_an_untied_head_in_q6_k_blocks(tmp_path):
     dense, kept = _kept_runs_as_dense(q4km, {"Q4_K", "Q6_K"})
     assert "lm_head.weight" in kept._core.quantized_weights
     _check_kept(dense, kept)
+    # Every matrix here is a K-quant, whose activations both engines quantize per super-block of 256 with an
+    # fp32 scale (llama.cpp's Q8_K): decoded token by token, the kept model computes llama.cpp's own
+    # arithmetic, to fp32 summation order, while the dequantized model (fp32 activations) differs by ~1%.
+    llm = llama_cpp.Llama(model_path=str(q4km), n_ctx=64, n_batch=64, n_ubatch=64, logits_all=True, n_threads=2,
+                          verbose=False, type_k=0, type_v=0, flash_attn=False)  # 0: an fp32 KV cache
+    ids = dense.tokenizer.encode("The capital of France is Paris. The capital of Italy is") + [5, 99, 1234, 31999]
+    worst_kept, worst_dense, scale = 0.0, 0.0, 0.0
+    with torch.inference_mode():
+        ca, cb = dense._core.make_cache(1, 64), kept._core.make_cache(1, 64)
+        for i in ids:
+            la = dense._core.forward_cached(torch.tensor([[i]]), ca)[0, -1].numpy()
+            lb = kept._core.forward_cached(torch.tensor([[i]]), cb)[0, -1].numpy()
+            llm.eval([i])
+            lc = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            scale = max(scale, float(np.abs(lc).max()))
+            worst_kept = max(worst_kept, float(np.abs(lb - lc).max()))
+            worst_dense = max(worst_dense, float(np.abs(la - lc).max()))
+    assert worst_kept < 1e-4 * scale and worst_dense > 100 * worst_kept, (worst_kept, worst_dense, scale)
 
 
 def _check_kept(dense, kept):
