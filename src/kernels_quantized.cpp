@@ -51,8 +51,6 @@ struct Q8KBlock {
   int8_t q[256];
 };
 
-bool is_k_quant(uint32_t type) { return type == 12 || type == 14; }
-
 }  // namespace
 
 bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w) {
@@ -67,6 +65,8 @@ bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w) {
 #ifdef FLASHBACK_X86_KERNELS
 namespace {
 #define FB_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+bool is_k_quant(uint32_t type) { return type == 12 || type == 14; }
 
 FB_AVX2_F16C inline float fp16(const uint8_t* p) {
   uint16_t h;
