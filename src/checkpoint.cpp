@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -260,6 +261,7 @@ Checkpoint read_gguf_checkpoint(const std::string& path, bool keep_quantized) {
   ck.path = path;
   ck.format = "gguf";
   bool quantized = false;
+  std::optional<QuantizedMatrix> embed_blocks;
   for (const auto& info : g.infos) {
     std::string name = internal::gguf_to_hf_name(info.name, path);
     at::Tensor t;
@@ -280,8 +282,12 @@ Checkpoint read_gguf_checkpoint(const std::string& path, bool keep_quantized) {
         if (!ck.quantized.emplace(name, std::move(m)).second) throw FormatError(path, "duplicate tensor '" + info.name + "'");
         continue;
       }
-      // The head's blocks: the file's output.weight, else (tied) its embedding; the dense copy follows.
-      if (name == "lm_head.weight" || !ck.quantized.count("lm_head.weight")) ck.quantized.insert_or_assign("lm_head.weight", std::move(m));
+      // The head's blocks: the file's output.weight; the embedding's only if the file has none (tied),
+      // known once every tensor is read. The dense copy follows.
+      if (name == "lm_head.weight")
+        ck.quantized.emplace(name, std::move(m));
+      else
+        embed_blocks = std::move(m);
     }
     if (ggml_type_dequantizable(info.ggml_type)) {
       // Quantized: dequantized to fp32 here; load_model casts to the dtype asked for.
@@ -321,6 +327,7 @@ Checkpoint read_gguf_checkpoint(const std::string& path, bool keep_quantized) {
   if (emb == ck.tensors.end()) throw FormatError(path, "missing tensor 'token_embd.weight'");
   c.vocab_size = g.get_int("llama.vocab_size", emb->second.size(0));
   c.tie_word_embeddings = !ck.tensors.count("lm_head.weight");
+  if (c.tie_word_embeddings && embed_blocks) ck.quantized.emplace("lm_head.weight", std::move(*embed_blocks));
   if (g.find("tokenizer.ggml.model")) {
     ck.tokenizer = gguf_tokenizer(g);
     c.bos_token_id = ck.tokenizer->bos_id() >= 0 ? ck.tokenizer->bos_id() : 1;

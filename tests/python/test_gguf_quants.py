@@ -171,6 +171,33 @@ def test_keep_quantized_an_untied_head_in_q6_k_blocks(tmp_path):
     assert worst_kept < 1e-4 * scale and worst_dense > 100 * worst_kept, (worst_kept, worst_dense, scale)
 
 
+
+
+def test_keep_quantized_a_dense_head_beside_an_embedding_in_blocks(tmp_path):
+    """llama.cpp's quantize --leave-output-tensor: the embedding in Q8_0 blocks, the untied head left in F32.
+    The head is the file's output.weight, dense; the embedding's blocks serve as the head only when the file
+    has no output.weight (tied). They once stood in for it here: logits ~100% of their scale off."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the quantizer) is not installed "
+                                                        "(scripts/install_references.sh)")
+    import ctypes
+    import json
+    config = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "vocab_size": 32000, "max_position_embeddings": 256,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False}
+    f32, q8 = tmp_path / "f32.gguf", tmp_path / "q8_0-leave-output.gguf"
+    tok = flashback._C.Tokenizer.from_file(str(SHARED / "models/llama2-tokenizer/tokenizer.model"))
+    flashback._C.Model.random(json.dumps(config), 3, "float32").save_gguf(str(f32), tok, "fp32")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 2
+    params.quantize_output_tensor = False
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(q8).encode(), ctypes.byref(params)) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(q8)).tensors}
+    assert types["output.weight"] == "F32" and types["token_embd.weight"] == "Q8_0", types
+    dense, kept = _kept_runs_as_dense(q8, {"Q8_0"})
+    assert "lm_head.weight" not in kept._core.quantized_weights
+    _check_kept(dense, kept)
+
+
 def _check_kept(dense, kept):
     ids = torch.tensor([dense.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
     with torch.inference_mode():
