@@ -2,11 +2,13 @@
 // weight's blocks are read as stored and multiplied with 8-bit activations
 // by integer dot products, as llama.cpp's vec_dot kernels do.
 //
-// Each activation row is quantized once per call, d = max |x| / 127 and
-// q = round(x / d) over a block, in the block the weight's type wants:
+// Each activation row is quantized once per call, q = round(127 x / max |x|)
+// and d = max |x| / 127 over a block, in the block the weight's type wants:
 //
-// Blocks of 32 (llama.cpp's Q8_1: d, q[32] and d sum(q) for the minimums),
-// against the 32-value types. A block product is
+// Blocks of 32 (llama.cpp's Q8_0/Q8_1: d, q[32] and d sum(q) for the
+// minimums, both scales rounded to fp16 as those blocks store them, so the
+// kept model decodes llama.cpp's numbers), against the 32-value types. A
+// block product is
 //   Q8_0  d_w d_x sum(q_w q_x)
 //   Q4_0  d_w d_x sum((q_w - 8) q_x)
 //   Q4_1  d_w d_x sum(q_w q_x) + m_w d_x sum(q_x)
@@ -40,8 +42,8 @@ namespace flashback::kernels {
 namespace {
 
 struct Q8Block {
-  float d;     // scale
-  float sum;   // d * sum(q): the block's sum as quantized (llama.cpp's Q8_1 s)
+  float d;     // scale, an fp16 value
+  float sum;   // d * sum(q) (the block's sum as quantized, llama.cpp's Q8_1 s), an fp16 value
   int8_t q[32];
 };
 
@@ -105,7 +107,9 @@ FB_AVX2 inline __m256i fifth_bits(const uint8_t* p) {
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-FB_AVX2 void quantize_row(const float* x, int64_t K, Q8Block* out) {
+FB_AVX2_F16C inline float to_fp16(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
+
+FB_AVX2_F16C void quantize_row(const float* x, int64_t K, Q8Block* out) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* v = x + 32 * b;
@@ -115,7 +119,7 @@ FB_AVX2 void quantize_row(const float* x, int64_t K, Q8Block* out) {
       mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, a[u]));
     }
     const float amax = detail::hmax(mx), d = amax / 127.0f;
-    const __m256 inv = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
     __m256i q32[4];
     __m256 s = _mm256_setzero_ps();
     for (int u = 0; u < 4; ++u) {
@@ -128,8 +132,8 @@ FB_AVX2 void quantize_row(const float* x, int64_t K, Q8Block* out) {
     __m256i p8 = _mm256_packs_epi16(p16a, p16b);
     p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q), p8);
-    out[b].d = d;
-    out[b].sum = d * detail::hsum(s);
+    out[b].d = to_fp16(d);
+    out[b].sum = to_fp16(d * detail::hsum(s));
   }
 }
 
@@ -140,8 +144,10 @@ FB_AVX2 void quantize_row_k(const float* x, int64_t K, Q8KBlock* out) {
     const float* v = x + 256 * b;
     __m256 mx = _mm256_setzero_ps();
     for (int u = 0; u < 32; ++u) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(v + 8 * u)));
-    const float d = detail::hmax(mx) / 127.0f;
-    const __m256 inv = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    // llama.cpp's quantize_row_q8_K: q = round(127 / max|x| * x), d = 1 / (127 / max|x|) (its sign flip, q
+    // and d both negated when the largest |x| is positive, leaves every product d q as it is here).
+    const float amax = detail::hmax(mx), s = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m256 inv = _mm256_set1_ps(s);
     for (int c = 0; c < 8; ++c) {  // 32 values at a time, packed as in quantize_row
       __m256i q32[4];
       for (int u = 0; u < 4; ++u)
@@ -159,7 +165,7 @@ FB_AVX2 void quantize_row_k(const float* x, int64_t K, Q8KBlock* out) {
       p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q + 32 * c), p8);
     }
-    out[b].d = d;
+    out[b].d = amax > 0 ? 1.0f / s : 0.0f;
   }
 }
 

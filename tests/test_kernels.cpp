@@ -267,13 +267,28 @@ QuantizedMatrix quantize_blocks(const at::Tensor& w, uint32_t type) {
   return m;
 }
 
-// x's rows as the kernel quantizes them: blocks of `block` (32, or a K-quant's 256), d = max |x| / 127,
-// q = round half to even.
-at::Tensor q8_rows(const at::Tensor& x, int64_t block) {
-  at::Tensor b = x.to(at::kDouble).reshape({-1, block});                 // [blocks, block]
-  at::Tensor d = b.abs().amax(-1, true).to(at::kFloat).div(127).to(at::kDouble);  // [blocks, 1]
-  at::Tensor q = at::where(d > 0, (b.to(at::kFloat) * (1 / d.to(at::kFloat))).round().to(at::kDouble), at::zeros_like(b));
-  return (q * d).reshape(x.sizes());
+// The kernel's product as llama.cpp's vec_dot kernels define it, in fp64, against W [N, K], m dequantized.
+// x's rows are quantized in blocks of 32 for the 32-value types (Q8_0/Q8_1: q = round(127 x / max |x|),
+// half to even; d = max |x| / 127 rounded to fp16; for the types with a minimum, the block's sum d sum(q)
+// rounded to fp16 by itself) or of 256 for the K-quants (Q8_K: the same q, d = 1 / (127 / max |x|) in fp32).
+at::Tensor quantized_product(const at::Tensor& x, const QuantizedMatrix& m, const at::Tensor& W) {
+  const bool k_quant = m.type == 12 || m.type == 14;
+  const int64_t block = k_quant ? 256 : 32, nb = m.cols / block;
+  const at::Tensor b = x.to(at::kFloat).reshape({-1, block});  // [blocks, block]
+  const at::Tensor amax = b.abs().amax(-1, true);              // [blocks, 1]
+  const at::Tensor inv = at::full_like(amax, 127).div(amax);   // [blocks, 1], fp32 as the kernel divides
+  const at::Tensor d = k_quant ? at::ones_like(inv).div(inv) : amax.div(127);  // [blocks, 1]
+  const at::Tensor q = at::where(amax > 0, b.mul(inv).round(), at::zeros_like(b));     // [blocks, block]
+  const at::Tensor dq = (k_quant ? d : d.to(at::kHalf).to(at::kFloat)).to(at::kDouble);  // [blocks, 1]
+  at::Tensor want = at::matmul((q.to(at::kDouble) * dq).reshape(x.sizes()), W.t());   // [..., N]
+  if (m.type == 3 || m.type == 7) {  // Q4_1, Q5_1: the minimums meet fp16(d sum(q)), not fp16(d) sum(q)
+    const at::Tensor sumq = q.sum(-1, true);                                                     // [blocks, 1]
+    const at::Tensor s16 = d.mul(sumq).to(at::kHalf).to(at::kDouble);                            // [blocks, 1]
+    const at::Tensor off = (s16 - dq * sumq.to(at::kDouble)).reshape({-1, nb});                 // [rows, nb]
+    const at::Tensor mins = m.data.view({m.rows, nb, -1}).narrow(2, 2, 2).contiguous().view(at::kHalf);  // [N, nb, 1]
+    want = want + at::matmul(off, mins.to(at::kDouble).reshape({m.rows, nb}).t()).view(want.sizes());
+  }
+  return want;
 }
 
 // The kernel on m against its dequantized matrix W [N, K] (fp64), fp32 and bf16 activations of 1 to
@@ -290,7 +305,7 @@ void check_quantized_rows(const QuantizedMatrix& m, const at::Tensor& W) {
       at::Tensor got = kernels::quantized_linear(x, m);  // [1, M, N]
       CHECK(got.scalar_type() == dt);
       CHECK(got.sizes() == std::vector<int64_t>{1, M, N});
-      at::Tensor want = at::matmul(q8_rows(x, m.type == 12 || m.type == 14 ? 256 : 32), W.t());
+      at::Tensor want = quantized_product(x, m, W);  // [1, M, N]
       const double scale = want.abs().max().item<double>();
       CHECK(max_abs_diff(got, want) < (dt == at::kFloat ? 2e-6 : 1e-2) * scale);
       CHECK(max_abs_diff(got, at::matmul(x.to(at::kDouble), W.t())) < 0.03 * scale);

@@ -86,11 +86,12 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 // Q5_1, Q8_0, Q4_K or Q6_K matrix (quantized.hpp) with x's last size as its columns.
 bool quantized_linear_usable(const at::Tensor& x, const QuantizedMatrix& w);
 
-// y = x W^T with W in its blocks: each row of x is quantized to 8 bits
-// (scale max |x| / 127, as llama.cpp's activations) in blocks of 32 for the
-// 32-value types and of 256 for the K-quants (llama.cpp's Q8_K: a
-// super-block summed in integers), and every block product is an integer
-// dot, scaled once. x: [..., K] -> [..., N] in x's dtype.
+// y = x W^T with W in its blocks: each row of x is quantized to 8 bits as
+// llama.cpp's CPU backend quantizes it for that type, in blocks of 32 for the
+// 32-value types (Q8_0/Q8_1, fp16 scales) and of 256 for the K-quants (Q8_K:
+// a super-block summed in integers), and every block product is an integer
+// dot, scaled once: llama.cpp's vec_dot to fp32 summation order.
+// x: [..., K] -> [..., N] in x's dtype.
 at::Tensor quantized_linear(const at::Tensor& x, const QuantizedMatrix& w);
 // The same for several matrices of one input (q, k, v; gate, up): x is
 // quantized once and all rows are shared out in one parallel region.

@@ -198,6 +198,80 @@ def test_keep_quantized_a_dense_head_beside_an_embedding_in_blocks(tmp_path):
     _check_kept(dense, kept)
 
 
+def _llama_cpp_cpu():
+    """llama.cpp's CPU backend from llama-cpp-python's own libraries, for ggml_get_type_traits_cpu: each
+    type's vec_dot and the activation type it takes (Q8_0, Q8_1 or Q8_K) with that type's from_float."""
+    import ctypes
+    from pathlib import Path
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) is not installed "
+                                                        "(scripts/install_references.sh)")
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    if not (lib / "libggml-cpu.so").exists():
+        pytest.skip(f"llama-cpp-python ships no libggml-cpu.so in {lib}: its CPU kernels cannot be called")
+    base, cpu = ctypes.CDLL(str(lib / "libggml-base.so")), ctypes.CDLL(str(lib / "libggml-cpu.so"))
+    from_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    vec_dot = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                               ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+    class Traits(ctypes.Structure):  # ggml-cpu.h's struct ggml_type_traits_cpu
+        _fields_ = [("from_float", from_float), ("vec_dot", vec_dot), ("vec_dot_type", ctypes.c_int),
+                    ("nrows", ctypes.c_int64)]
+
+    cpu.ggml_get_type_traits_cpu.restype, cpu.ggml_get_type_traits_cpu.argtypes = ctypes.POINTER(Traits), [ctypes.c_int]
+    base.ggml_row_size.restype, base.ggml_row_size.argtypes = ctypes.c_size_t, [ctypes.c_int, ctypes.c_int64]
+    cpu.ggml_cpu_init()
+
+    def products(qtype, rows, x):
+        """rows [N, row bytes] of qtype times x [M, K] (fp32), as llama.cpp's decode computes them: [M, N]."""
+        traits = cpu.ggml_get_type_traits_cpu(int(qtype)).contents
+        act = cpu.ggml_get_type_traits_cpu(traits.vec_dot_type).contents
+        buf = ctypes.create_string_buffer(base.ggml_row_size(traits.vec_dot_type, x.shape[1]))
+        out, s = np.zeros((x.shape[0], rows.shape[0]), np.float32), ctypes.c_float()
+        for m in range(x.shape[0]):
+            act.from_float(np.ascontiguousarray(x[m]).ctypes.data, ctypes.addressof(buf), x.shape[1])
+            for n in range(rows.shape[0]):
+                traits.vec_dot(x.shape[1], ctypes.byref(s), 0, rows[n].ctypes.data, 0, ctypes.addressof(buf), 0, 1)
+                out[m, n] = s.value
+        return out
+    return llama_cpp, products
+
+
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q6_K"])
+def test_kept_blocks_compute_llama_cpps_own_dot_products(tmp_path, ftype):
+    """Every type kept in blocks against llama.cpp's CPU kernels themselves (ggml_get_type_traits_cpu, called
+    through ctypes): the head of a model llama.cpp quantized (pure: every matrix in the type; Q4_K_M's is
+    Q4_K) times the same hidden rows. llama.cpp quantizes the activations (Q8_0/Q8_1 with fp16 scales and,
+    for Q4_1/Q5_1, an fp16 block sum; Q8_K for the K-quants) and takes integer dot products; the kept
+    kernel must give its numbers to fp32 summation order, where fp32 activations (the dequantized matrix)
+    are ~0.5% of the scale away."""
+    import ctypes
+    import json
+    llama_cpp, products = _llama_cpp_cpu()
+    config = {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "vocab_size": 32000, "max_position_embeddings": 256,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False}
+    f32, quant = tmp_path / "f32.gguf", tmp_path / f"{ftype}.gguf"
+    tok = flashback._C.Tokenizer.from_file(str(SHARED / "models/llama2-tokenizer/tokenizer.model"))
+    flashback._C.Model.random(json.dumps(config), 5, "float32").save_gguf(str(f32), tok, "fp32")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread, params.pure = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}"), 2, True
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(quant).encode(), ctypes.byref(params)) == 0
+    head = next(t for t in gguf.GGUFReader(str(quant)).tensors if t.name == "output.weight")
+    assert head.tensor_type.name == ftype.split("_M")[0], head.tensor_type.name
+    kept = flashback.LlamaForCausalLM.from_pretrained(str(quant), dtype="float32", marks="none", keep_quantized=True)
+    assert "lm_head.weight" in kept._core.quantized_weights
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 256)) * rng.choice([0.1, 1.0, 4.0], (3, 256))).astype(np.float32)  # [3, K]
+    rows = np.ascontiguousarray(np.asarray(head.data)[:2048])  # [2048, row bytes]
+    want = products(head.tensor_type, rows, x)                  # [3, 2048]
+    with torch.inference_mode():
+        got = kept._core.logits(torch.from_numpy(x)[None])[0, :, :2048].numpy()  # [3, 2048]
+    dense = x.astype(np.float64) @ gguf.quants.dequantize(rows, head.tensor_type).astype(np.float64).T
+    scale = float(np.abs(want).max())
+    err, err_dense = float(np.abs(got - want).max()), float(np.abs(dense - want).max())
+    assert err < 2e-6 * scale and err_dense > 100 * err, (err / scale, err_dense / scale)
+
+
 def _check_kept(dense, kept):
     ids = torch.tensor([dense.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
     with torch.inference_mode():
