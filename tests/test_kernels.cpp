@@ -194,6 +194,10 @@ TEST_CASE("causal attention matches softmax(q k^T / sqrt(D) + mask) v in fp64 ov
       at::Tensor q = at::randn({c.B, c.T, c.H, c.D}).mul(2).to(dt).transpose(1, 2);  // [B, H, T, D], strided
       at::Tensor kbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).mul(2).to(kvt), vbuf = at::randn({c.B, c.Hkv, S + 19, c.D}).to(kvt);
       at::Tensor k = kbuf.narrow(2, 0, S), v = vbuf.narrow(2, 0, S);
+      if (c.T % 2) {  // keys and values as views of [B, S, Hkv, D] (slots Hkv * D apart), read in place
+        k = k.transpose(1, 2).contiguous().transpose(1, 2);
+        v = v.transpose(1, 2).contiguous().transpose(1, 2);
+      }
       REQUIRE(kernels::causal_attention_usable(q, k, v, c.start));
       at::Tensor got = kernels::causal_attention(q, k, v, c.start);
       CHECK(got.scalar_type() == dt);

@@ -13,9 +13,9 @@
 //                     same kernels; no mask is needed (the new token sees
 //                     every cached slot).
 //   causal_attention  many query rows, flash-attention style: key blocks
-//                     stream through a 4 x 16 register tile, the softmax is
-//                     taken online (no T x S score matrix), key blocks no
-//                     query of a block can see are skipped.
+//                     and values read in place through one 6 x 16 FMA tile,
+//                     the softmax taken online (no T x S score matrix), key
+//                     blocks no query of a block can see skipped.
 //
 // Plus fused RMSNorm, rotary embedding and SwiGLU gate, which replace ~8, ~7
 // and 2 small LibTorch ops each: at one token per step, per-op overhead is what remains
