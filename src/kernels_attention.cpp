@@ -6,11 +6,11 @@
 // head kvh * G + g, slot start + t0 + t), so each key block is read once for
 // all of them. Keys stream in blocks of 64. Scores are held keys x rows
 // (St = K_blk Qt, the queries transposed once per item), so that neither keys
-// nor values are ever transposed (both are read in place from the cache, as
-// broadcasts and row loads of one small GEMM tile) and the online softmax's
-// maxima and sums run down columns, 8 rows per vector. Key blocks past a query
-// block's last slot are never touched (causal); within the diagonal blocks a
-// row's later keys get -inf.
+// nor values are ever transposed (an fp32 cache's are read in place, a bf16
+// cache's widened per block, as broadcasts and row loads of one small GEMM
+// tile) and the online softmax's maxima and sums run down columns, 8 rows per
+// vector. Key blocks past a query block's last slot are never touched
+// (causal); within the diagonal blocks a row's later keys get -inf.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
