@@ -12,6 +12,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -45,6 +46,49 @@ bool detail::cpu_has_f16c() {
   return ok;
 #else
   return false;
+#endif
+}
+
+#ifdef FLASHBACK_X86_KERNELS
+namespace {
+// `iters` rounds of 12 independent 8-lane FMA chains, nothing read from memory: 12 chains in flight cover
+// two FMA pipes of latency 4-5 cycles, as a GEMM's register tile does. The chains converge to 1 (no
+// denormals); the sum is returned so nothing is optimised away.
+FB_AVX2 float fma_chains(int64_t iters, float seed) {
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(seed + 0.01f * float(i));
+  const __m256 m = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-4f);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+  }
+  __m256 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, a[i]);
+  return detail::hsum(s);
+}
+}  // namespace
+#endif
+
+double fma_peak_flops() {
+#ifdef FLASHBACK_X86_KERNELS
+  if (!cpu_has_avx2_fma()) return 0;
+  constexpr int64_t kIters = int64_t(1) << 20;  // 2 x 8 x 12 x 2^20 = 201 MFLOP a thread, a few ms
+  const int64_t threads = at::get_num_threads();
+  double best = 0;
+  std::vector<float> sink(static_cast<size_t>(threads));
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) sink[size_t(i)] = fma_chains(kIters, float(i));
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * 8 * 12 * double(kIters) * double(threads) / s);
+  }
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+#else
+  return 0;
 #endif
 }
 

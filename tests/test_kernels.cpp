@@ -31,6 +31,15 @@ at::Tensor ref_rotate_half(const at::Tensor& x) {
 }
 }  // namespace
 
+TEST_CASE("fma_peak_flops reports a finite positive rate on AVX2 + FMA CPUs and 0 elsewhere", "[kernels]") {
+  const double peak = kernels::fma_peak_flops();
+  CHECK(std::isfinite(peak));
+  if (kernels::cpu_has_avx2_fma())
+    CHECK(peak > 0);
+  else
+    CHECK(peak == 0);
+}
+
 TEST_CASE("gemv matches x W^T for fp32 and bf16 weights, any K, 1 to kMaxKernelRows rows", "[kernels]") {
   if (!kernels::cpu_has_avx2_fma()) {
     WARN("no AVX2/FMA on this CPU: LibTorch's path is used");

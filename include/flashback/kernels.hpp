@@ -41,6 +41,11 @@ namespace flashback::kernels {
 // The CPU has AVX2 + FMA (checked once at run time).
 bool cpu_has_avx2_fma();
 
+// The fp32 FLOP/s this CPU sustains on LibTorch's intra-op threads with 8-lane FMAs and nothing read from
+// memory (best of 5 short runs): the ceiling a GEMM here can approach. 0 without AVX2 + FMA. For
+// benchmarks' reports (bench prefill), not for decisions.
+double fma_peak_flops();
+
 // The most rows the per-row kernels (gemv, quantized_linear) take in one call. A row's
 // result from them is the same bits whatever else shares the call, which is what lets several sequences'
 // decode rows share one forward (LlamaForCausalLMImpl::hidden_states over several sequences) and each

@@ -10,9 +10,9 @@
 //            head on the last row only, as the contexts do), as GFLOP/s of
 //            useful work (2 x matmul parameters per token + causal
 //            attention), against the best fp32 GEMM rate LibTorch reaches
-//            here (the model's own shapes and a 2048^3 product), measured
-//            right after each timed repeat; the share is the median of the
-//            pairs.
+//            here (the model's own shapes and a 2048^3 product) and the
+//            CPU's FMA peak (kernels::fma_peak_flops), measured right after
+//            each timed repeat; the shares are the medians of the pairs.
 //
 // --baseline also times LibTorch's own ops (hand-written kernels off) in
 // the same run.
@@ -121,7 +121,7 @@ nlohmann::ordered_json header(const BenchModelArgs& a, const Setup& s) {
 // Prefill timing, each repeat paired with the GEMM rates measured right
 // after it (the VM's speed drifts; see time_decode).
 struct PrefillTiming {
-  std::vector<double> seconds, gemm_shapes, gemm_peak;  // FLOP/s
+  std::vector<double> seconds, gemm_shapes, gemm_peak, fma_peak;  // FLOP/s
 };
 
 PrefillTiming time_prefill(LlamaForCausalLMImpl& m, KVCacheStore& cache, const at::Tensor& prompt, int repeats,
@@ -145,6 +145,7 @@ PrefillTiming time_prefill(LlamaForCausalLMImpl& m, KVCacheStore& cache, const a
                                     gemm_flops(T, c.hidden_size, c.q_dim(), at::kFloat)});
     t.gemm_shapes.push_back(shapes);
     t.gemm_peak.push_back(std::max(shapes, gemm_flops(2048, 2048, 2048, at::kFloat)));
+    t.fma_peak.push_back(kernels::fma_peak_flops());
   }
   return t;
 }
@@ -188,6 +189,14 @@ void bench_prefill(BenchModelArgs a) {
   j["fraction_of_gemm_all"] = shares(pt.gemm_peak);
   j["gemm_gflops_fp32_model_shapes"] = median(pt.gemm_shapes) / 1e9;  // the model's own products, weights in cache
   j["fraction_of_gemm_model_shapes"] = median(shares(pt.gemm_shapes));
+  const double fma = median(pt.fma_peak);  // 0 without AVX2 + FMA
+  if (fma > 0) {
+    std::vector<double> gemm_of_fma;
+    for (size_t i = 0; i < pt.fma_peak.size(); ++i) gemm_of_fma.push_back(pt.gemm_peak[i] / pt.fma_peak[i]);
+    j["fma_peak_gflops_fp32"] = fma / 1e9;
+    j["fraction_of_fma_peak"] = median(shares(pt.fma_peak));
+    j["gemm_fraction_of_fma_peak"] = median(gemm_of_fma);
+  }
   if (s.dtype != at::kFloat) {
     // LibTorch's own GEMM in this dtype, for reference (the model runs its
     // bf16 prefill matmuls as fp32 GEMMs on CPU).
@@ -207,6 +216,10 @@ void bench_prefill(BenchModelArgs a) {
   std::printf("prefill %lld tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s = %.0f%% of LibTorch's best fp32 GEMM here (%.1f GFLOP/s)\n",
               (long long)a.tokens, secs, T / secs, flops / secs / 1e9, 100 * j["fraction_of_gemm"].get<double>(),
               j["gemm_gflops_fp32"].get<double>());
+  if (fma > 0)
+    std::printf("this CPU's fp32 FMA peak on %d threads: %.1f GFLOP/s; the prefill runs at %.0f%% of it, LibTorch's best GEMM at %.0f%%\n",
+                s.threads, fma / 1e9, 100 * j["fraction_of_fma_peak"].get<double>(),
+                100 * j["gemm_fraction_of_fma_peak"].get<double>());
   if (a.baseline)
     std::printf("LibTorch ops only: %.3f s (%.2fx)\n", base_secs, base_secs / secs);
 }
