@@ -204,13 +204,16 @@ def markdown(res: dict) -> str:
                  f"{d['read_bandwidth_gbs']:.1f} GB/s | {b.get('tokens_per_s', 0):.1f} | {pct(b.get('fraction_of_floor', 0))} | "
                  f"{d.get('speedup_over_libtorch', 0):.2f}x |")
     L += ["", "### Prefill (`bench prefill`, 512 tokens)", "",
-          "| dtype | tok/s | GFLOP/s (useful) | best LibTorch fp32 GEMM here | share | the model's GEMM shapes alone | share | LibTorch GEMM in this dtype |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "| dtype | tok/s | GFLOP/s (useful) | best LibTorch fp32 GEMM here | share | the model's GEMM shapes alone | share | LibTorch GEMM in this dtype | this CPU's fp32 FMA peak | share (GEMM's) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in res["prefill"]:
         own = p.get("gemm_gflops_libtorch_dtype")
+        fma = p.get("fma_peak_gflops_fp32")  # runs before the probe (or without AVX2) have none
+        fma_cols = (f"{fma:.1f} | {pct(p['fraction_of_fma_peak'])} ({pct(p['gemm_fraction_of_fma_peak'])})"
+                    if fma else "(not measured) | ")
         L.append(f"| {p['dtype']} | {p['tokens_per_s']:.1f} | {p['gflops']:.1f} | {p['gemm_gflops_fp32']:.1f} | "
                  f"**{pct(p['fraction_of_gemm'])}** | {p['gemm_gflops_fp32_model_shapes']:.1f} | "
-                 f"{pct(p['fraction_of_gemm_model_shapes'])} | {f'{own:.1f}' if own else '(same)'} |")
+                 f"{pct(p['fraction_of_gemm_model_shapes'])} | {f'{own:.1f}' if own else '(same)'} | {fma_cols} |")
     if "retrieve" in res:
         q = res["retrieve"]
         L += ["", "### Retrieval (`bench retrieve`, BM25 over WikiText-103 test)", "",
