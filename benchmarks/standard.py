@@ -98,17 +98,21 @@ def run_set(args, res: dict | None = None) -> dict:
     want = lambda part: only is None or part in only  # noqa: E731
     if res is None:
         res = {"machine": machine(), "config": config, "repeats": args.repeats, "decode": [], "prefill": [], "ralm": []}
-    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    # When each part was measured: a rerun of some parts leaves the others' dates as they were.
+    now, here = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine()
+    # When and where each part was measured: a rerun of some parts leaves the others' as they were.
     dates = res.setdefault("part_dates", {p: res["date"] for p in parts(res)} if "date" in res else {})
-    res["date"] = now
+    machines = res.setdefault("part_machines", {p: res["machine"] for p in dates})
+    res["date"], res["machine"] = now, here
+
+    def stamp(part: str) -> None:
+        dates[part], machines[part] = now, here
     ctx, steps, ptoks = ("64", "8", "64") if args.quick else ("512", "32", "512")
     if want("decode"):
-        dates["decode"] = now
+        stamp("decode")
         res["decode"] = [bench(exe, "decode", "--config", config, "--dtype", dt, "--context", ctx, "--tokens", steps,
                                "--repeats", r, "--baseline") for dt in ("fp32", "bf16")]
     if want("prefill"):
-        dates["prefill"] = now
+        stamp("prefill")
         res["prefill"] = [bench(exe, "prefill", "--config", config, "--dtype", dt, "--tokens", ptoks, "--repeats", r)
                           for dt in ("fp32", "bf16")]
     points = [(48, 160), (96, 256)] if args.quick else [(512, 1024), (1536, 2048), (3584, 4096)]
@@ -118,14 +122,14 @@ def run_set(args, res: dict | None = None) -> dict:
             continue
         run = bench(exe, "ralm", "--config", config, "--dtype", "fp32", "--init", str(init), "--total", str(total),
                     "--doc", doc, "--repeats", r)
-        dates[f"ralm:{init}/{total}"] = now
+        stamp(f"ralm:{init}/{total}")
         res["ralm"] = sorted([x for x in res["ralm"] if (x["init"], x["total"]) != (init, total)] + [run],
                              key=lambda x: x["total"])
     if not args.quick and want("retrieve"):
         index = ensure_wikitext_index(exe, Path(args.shared), Path(args.cache))
         if index is not None:
             text = Path(args.shared) / "data/wikitext-103/wiki.valid.raw"
-            dates["retrieve"] = now
+            stamp("retrieve")
             res["retrieve"] = bench(exe, "retrieve", "--index", str(index), "--text", str(text), "--queries", "500",
                                     "--forbidden-titles",
                                     str(Path(args.shared) / "data/wikitext-103/forbidden_titles.txt"))
@@ -169,11 +173,13 @@ def markdown(res: dict) -> str:
          f"{res['decode'][0]['repeats'] if res['decode'] else '-'}; decode and prefill shares are medians of per-repeat "
          f"pairs, each repeat against the bandwidth / GEMM rate measured right after it).", ""]
     by_date: dict = {}
+    machines = res.get("part_machines", {})
     for part, date in res.get("part_dates", {}).items():
-        by_date.setdefault(date, []).append(part)
-    if len(by_date) > 1:  # some parts were rerun alone (--only): say which were measured when
+        by_date.setdefault((date, machines.get(part, res["machine"])), []).append(part)
+    if len(by_date) > 1:  # some parts were rerun alone (--only): say which were measured when, and where
         L[-1:-1] = ["Parts measured at different times: " +
-                    "; ".join(f"{', '.join(ps)} on {d}" for d, ps in sorted(by_date.items())) + "."]
+                    "; ".join(f"{', '.join(ps)} on {d}" + (f" ({m})" if m != res["machine"] else "")
+                              for (d, m), ps in sorted(by_date.items())) + "."]
     L += ["### Append vs prepend (`bench ralm`, fp32, stride 16, doc 128)", "",
           "| init / total | mode | seconds | s / token | re-encoded | encode s | decode s | other s | model share | RSS growth |",
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
